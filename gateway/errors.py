@@ -1,0 +1,103 @@
+"""fieldgate's own exception tree. Library errors are mapped into it at the boundary (``raise ... from exc``).
+
+::
+
+    FieldgateError
+    ├── ConfigError                 the config file is invalid (carries every problem found)
+    ├── SecretError                 an env:/file: secret reference cannot be resolved
+    ├── DriverError                 a device could not be read or written (names the device)
+    │   ├── DeviceUnavailable       port missing, connection refused, unplugged
+    │   ├── DeviceTimeout           no answer within the timeout
+    │   ├── DeviceProtocolError     bad frame, CRC error, short answer
+    │   └── DeviceRefused           the device answered with an exception / refusal
+    ├── TokenError                  a token could not be obtained or is unusable
+    └── UplinkError                 the MQTT session failed
+        ├── ConnectRefused          CONNACK with a failure reason code
+        ├── ReauthRefused           the broker refused an in-session AUTH refresh
+        ├── ConnectionLost          the connection dropped
+        └── PublishRefused          a message was refused (locally or by PUBACK)
+
+Messages never contain secrets (tokens, keys, client secrets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class FieldgateError(Exception):
+    """Base of every error fieldgate raises on purpose."""
+
+
+class ConfigError(FieldgateError):
+    """The configuration is invalid. ``problems`` holds one line per problem, each naming file and key."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in the configuration"
+        super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+class SecretError(FieldgateError):
+    """A secret reference (``env:NAME`` / ``file:/path``) cannot be resolved. Names the reference only."""
+
+
+class DriverError(FieldgateError):
+    """A device could not be read or written."""
+
+    def __init__(self, device: str, detail: str) -> None:
+        self.device = device
+        self.detail = detail
+        super().__init__(f"{device}: {detail}")
+
+
+class DeviceUnavailable(DriverError):
+    """The device or its port cannot be reached (missing, unplugged, connection refused)."""
+
+
+class DeviceTimeout(DriverError):
+    """The device did not answer in time."""
+
+
+class DeviceProtocolError(DriverError):
+    """The answer was malformed (bad CRC, short frame, unparsable)."""
+
+
+class DeviceRefused(DriverError):
+    """The device answered with a refusal (e.g. a Modbus exception response)."""
+
+
+class TokenError(FieldgateError):
+    """A token could not be obtained, or the one obtained is unusable."""
+
+
+class UplinkError(FieldgateError):
+    """The MQTT session failed."""
+
+
+class ConnectRefused(UplinkError):
+    """The broker refused the CONNECT; ``reason_code`` is the CONNACK reason code."""
+
+    def __init__(self, reason_code: int, detail: str) -> None:
+        self.reason_code = reason_code
+        super().__init__(f"connection refused (0x{reason_code:02X}): {detail}")
+
+
+class ReauthRefused(UplinkError):
+    """The broker refused an in-session re-authentication (AUTH 0x19)."""
+
+
+class ConnectionLost(UplinkError):
+    """The connection to the broker dropped."""
+
+
+class PublishRefused(UplinkError):
+    """A message was not accepted: refused locally (too large, QoS 2) or by the broker's PUBACK."""
+
+    def __init__(self, topic: str, reason: str, reason_code: int | None = None) -> None:
+        self.topic = topic
+        self.reason = reason
+        self.reason_code = reason_code
+        code = f" (0x{reason_code:02X})" if reason_code is not None else ""
+        super().__init__(f"publish to {topic!r} refused{code}: {reason}")

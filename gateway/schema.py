@@ -1,0 +1,329 @@
+"""Typed readers for TOML tables that collect every problem with its file, key path, value and reason.
+
+The config loader and each driver plugin read their tables through :class:`Table`. A reader never
+raises on bad input: it records a problem and returns a harmless placeholder, so one pass over a file
+reports all of its errors at once. ``Table.finish()`` reports the keys nobody asked for (typos).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.errors import ConfigError, SecretError
+
+T = TypeVar("T")
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def key_path(parent: str, key: str | int) -> str:
+    """Join a key to a dotted TOML path, quoting keys that are not bare and indexing arrays."""
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    part = key if _BARE_KEY.match(key) else '"' + key.replace('"', '\\"') + '"'
+    return f"{parent}.{part}" if parent else part
+
+
+def _show(value: object) -> str:
+    """A short, TOML-like rendering of a bad value for an error line."""
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return '"' + text.replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "an array" if len(repr(value)) > 60 else repr(value)
+    return repr(value)
+
+
+class Problems:
+    """Collects configuration problems for one file."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.lines: list[str] = []
+
+    def add(self, path: str, why: str, value: object = ..., *, secret: bool = False) -> None:
+        """Record that ``path`` is wrong. ``value`` is shown unless it is a secret (then only hinted)."""
+        if value is ...:
+            self.lines.append(f"{self.file}: {path}: {why}")
+        elif secret:
+            self.lines.append(f"{self.file}: {path} = <hidden>: {why}")
+        else:
+            self.lines.append(f"{self.file}: {path} = {_show(value)}: {why}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ConfigError(self.lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A secret given by reference: ``env:NAME`` or ``file:/path``. Its value never appears in repr or logs."""
+
+    reference: str
+
+    def __repr__(self) -> str:
+        return f"Secret({self.reference!r})"
+
+    def __str__(self) -> str:
+        return self.reference
+
+    def reveal(self) -> str:
+        """Resolve the reference now (a file is re-read each time, so rotated secrets are picked up).
+
+        Blocking file I/O: call from a worker thread on the event loop's hot paths.
+        """
+        kind, _, where = self.reference.partition(":")
+        if kind == "env":
+            value = os.environ.get(where)
+            if value is None:
+                raise SecretError(f"environment variable {where} is not set")
+            return value
+        try:
+            return Path(where).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SecretError(f"cannot read secret file {where}: {exc.strerror}") from exc
+
+
+_MISSING: object = object()
+
+
+class Table:
+    """A view of one TOML table that records problems instead of raising."""
+
+    def __init__(self, data: Mapping[str, object], path: str, problems: Problems) -> None:
+        self.data = data
+        self.path = path
+        self.problems = problems
+        self._used: set[str] = set()
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def here(self, key: str | int) -> str:
+        return key_path(self.path, key)
+
+    def problem(self, key: str | int, why: str, value: object = ..., *, secret: bool = False) -> None:
+        self.problems.add(self.here(key), why, value, secret=secret)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def consume(self, *keys: str) -> None:
+        """Mark keys as handled elsewhere (so :meth:`finish` does not call them unknown)."""
+        self._used.update(keys)
+
+    def finish(self) -> None:
+        """Report every key that no reader asked for."""
+        for key in self.data:
+            if key not in self._used:
+                self.problems.add(self.here(key), "unknown key")
+
+    def _get(self, key: str, required: bool) -> object:
+        self._used.add(key)
+        if key in self.data:
+            return self.data[key]
+        if required:
+            self.problem(key, "is required")
+        return _MISSING
+
+    # -- scalars -----------------------------------------------------------------------------------
+    def string(
+        self,
+        key: str,
+        default: str | None = None,
+        *,
+        choices: Sequence[str] | None = None,
+        pattern: str | None = None,
+        pattern_why: str = "",
+    ) -> str:
+        raw = self._get(key, default is None)
+        if raw is _MISSING:
+            return default if default is not None else ""
+        if not isinstance(raw, str):
+            self.problem(key, "expected a string", raw)
+            return default or ""
+        if choices is not None and raw not in choices:
+            self.problem(key, "expected one of " + ", ".join(f'"{c}"' for c in choices), raw)
+            return default if default is not None else choices[0]
+        if pattern is not None and not re.fullmatch(pattern, raw):
+            self.problem(key, pattern_why or f"does not match {pattern}", raw)
+        return raw
+
+    def optional_string(self, key: str) -> str | None:
+        raw = self._get(key, False)
+        if raw is _MISSING:
+            return None
+        if not isinstance(raw, str):
+            self.problem(key, "expected a string", raw)
+            return None
+        return raw
+
+    def integer(
+        self, key: str, default: int | None = None, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        raw = self._get(key, default is None)
+        if raw is _MISSING:
+            return default if default is not None else 0
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            self.problem(key, "expected an integer", raw)
+            return default if default is not None else 0
+        if minimum is not None and raw < minimum:
+            self.problem(key, f"must be at least {minimum}", raw)
+        if maximum is not None and raw > maximum:
+            self.problem(key, f"must be at most {maximum}", raw)
+        return raw
+
+    def optional_integer(self, key: str, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+        if key not in self.data:
+            self._used.add(key)
+            return None
+        return self.integer(key, 0, minimum=minimum, maximum=maximum)
+
+    def number(
+        self,
+        key: str,
+        default: float | None = None,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        positive: bool = False,
+    ) -> float:
+        raw = self._get(key, default is None)
+        if raw is _MISSING:
+            return default if default is not None else 0.0
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            self.problem(key, "expected a number", raw)
+            return default if default is not None else 0.0
+        value = float(raw)
+        if math.isnan(value) or math.isinf(value):
+            self.problem(key, "expected a finite number", raw)
+            return default if default is not None else 0.0
+        if positive and value <= 0:
+            self.problem(key, "must be greater than 0", raw)
+        if minimum is not None and value < minimum:
+            self.problem(key, f"must be at least {minimum:g}", raw)
+        if maximum is not None and value > maximum:
+            self.problem(key, f"must be at most {maximum:g}", raw)
+        return value
+
+    def optional_number(
+        self, key: str, *, minimum: float | None = None, maximum: float | None = None, positive: bool = False
+    ) -> float | None:
+        if key not in self.data:
+            self._used.add(key)
+            return None
+        return self.number(key, 0.0, minimum=minimum, maximum=maximum, positive=positive)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        raw = self._get(key, False)
+        if raw is _MISSING:
+            return default
+        if not isinstance(raw, bool):
+            self.problem(key, "expected true or false", raw)
+            return default
+        return raw
+
+    def raw(self, key: str) -> object | None:
+        """The value as TOML gave it (for keys whose type depends on another key), or None."""
+        raw = self._get(key, False)
+        return None if raw is _MISSING else raw
+
+    def strings(self, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
+        raw = self._get(key, False)
+        if raw is _MISSING:
+            return tuple(default)
+        if isinstance(raw, str):
+            return (raw,)
+        if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+            self.problem(key, "expected a string or an array of strings", raw)
+            return tuple(default)
+        return tuple(raw)  # type: ignore[arg-type]  # checked element-wise above
+
+    def secret(self, key: str, *, required: bool = True) -> Secret | None:
+        """A secret by reference. Inline values are refused so that a secret never sits in a config file."""
+        raw = self._get(key, required)
+        if raw is _MISSING:
+            return None
+        if not isinstance(raw, str):
+            self.problem(key, "expected a secret reference string (env:NAME or file:/path)", raw, secret=True)
+            return None
+        kind, sep, where = raw.partition(":")
+        if not sep or kind not in ("env", "file") or not where:
+            self.problem(
+                key,
+                "secrets are given by reference: env:NAME or file:/path, never inline",
+                raw,
+                secret=True,
+            )
+            return None
+        if kind == "env" and where not in os.environ:
+            self.problem(key, f"environment variable {where} is not set", raw)
+        if kind == "file" and not os.access(where, os.R_OK):
+            self.problem(key, "file does not exist or is not readable", raw)
+        return Secret(raw)
+
+    def path(self, key: str, *, required: bool = False, must_exist: bool = True) -> Path | None:
+        raw = self._get(key, required)
+        if raw is _MISSING:
+            return None
+        if not isinstance(raw, str) or not raw:
+            self.problem(key, "expected a path", raw)
+            return None
+        path = Path(raw)
+        if must_exist and not path.exists():
+            self.problem(key, "no such file", raw)
+        return path
+
+    # -- nesting -----------------------------------------------------------------------------------
+    def table(self, key: str, *, required: bool = False) -> Table | None:
+        raw = self._get(key, required)
+        if raw is _MISSING:
+            return None
+        if not isinstance(raw, Mapping):
+            self.problem(key, "expected a table", raw)
+            return None
+        return Table(raw, self.here(key), self.problems)
+
+    def table_or_empty(self, key: str) -> Table:
+        return self.table(key) or Table({}, self.here(key), self.problems)
+
+    def named_tables(self, key: str) -> list[tuple[str, Table]]:
+        """``[key.<name>]`` tables, in file order."""
+        outer = self.table(key)
+        if outer is None:
+            return []
+        result = []
+        for name, value in outer.data.items():
+            outer.consume(name)
+            if not isinstance(value, Mapping):
+                outer.problem(name, "expected a table", value)
+                continue
+            result.append((name, Table(value, outer.here(name), self.problems)))
+        return result
+
+    def array_of_tables(self, key: str) -> list[Table]:
+        """``[[key]]`` entries (or an inline array of tables), in file order."""
+        raw = self._get(key, False)
+        if raw is _MISSING:
+            return []
+        if not isinstance(raw, list):
+            self.problem(key, "expected an array of tables", raw)
+            return []
+        result = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, Mapping):
+                self.problems.add(key_path(self.here(key), i), "expected a table", item)
+                continue
+            result.append(Table(item, key_path(self.here(key), i), self.problems))
+        return result
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
