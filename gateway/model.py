@@ -8,7 +8,7 @@ so a protocol can be added by installing a package that names its plugin in the 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -79,9 +79,13 @@ class DeviceInfo:
 
 
 class ReadingSink(Protocol):
-    """Where a driver hands its readings. Never blocks: the pipeline applies its overflow policy."""
+    """Where a driver hands its readings: one call per device per poll cycle (or per received frame).
 
-    def __call__(self, reading: Reading) -> None: ...
+    Never blocks: the pipeline applies its overflow policy. One call is one unit for the router's
+    batching (``batch = true`` turns one call into one message carrying all its points).
+    """
+
+    def __call__(self, readings: Sequence[Reading]) -> None: ...
 
 
 @runtime_checkable
@@ -122,7 +126,7 @@ class DriverPlugin(Protocol):
         """Validate ``[drivers.<name>]`` (``section``, or None when absent) and each device table.
 
         Every problem is recorded on the tables (never raised), so that all errors of a file are
-        reported at once. Keys the core owns (``driver``, ``topic``) are already consumed.
+        reported at once. Keys the core owns (``driver``, ``topic``, ``batch``) are already consumed.
         """
         ...
 
@@ -130,6 +134,7 @@ class DriverPlugin(Protocol):
         """Create the drivers for a parsed configuration (no I/O here: ``run`` does it)."""
         ...
 
-
-#: A callback factory the app uses; kept here so drivers need no other import to type their hooks.
-Clock = Callable[[], float]
+#: Entry-point group for CLI subcommands that a package adds (e.g. ``fieldgate modbus read``). Each entry
+#: point names a ``register(subparsers)`` callable taking argparse's subparsers action; every subcommand
+#: it adds sets ``handler=<callable(argparse.Namespace) -> int>`` with ``set_defaults``.
+COMMANDS_ENTRY_POINT_GROUP = "fieldgate.commands"
