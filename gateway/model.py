@@ -61,6 +61,24 @@ class Message:
     device: str = ""
 
 
+class PublishOutcome(enum.Enum):
+    """What became of one message handed to the uplink (or to any other sink)."""
+
+    #: The broker acknowledged it (QoS 1 PUBACK with a success code) or it was written (QoS 0).
+    DELIVERED = "delivered"
+    #: Refused for good: locally (too large, QoS 2) or by the broker's PUBACK (e.g. 0x87 not authorized).
+    REFUSED = "refused"
+    #: The connection dropped before the outcome was known: the caller sends it again.
+    LOST = "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    outcome: PublishOutcome
+    reason_code: int | None = None
+    reason: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class PointInfo:
     """What the core needs to know of a configured point: its name and unit."""
@@ -104,7 +122,7 @@ class Driver(Protocol):
 
     @property
     def settings(self) -> object:
-        """The frozen settings it was built from; on SIGHUP a driver whose settings are equal keeps running."""
+        """The frozen settings it was built from; on SIGHUP, equal settings keep it running."""
         ...
 
     async def run(self, emit: ReadingSink) -> None: ...
@@ -133,6 +151,7 @@ class DriverPlugin(Protocol):
     def build(self, config: DriverConfig) -> Sequence[Driver]:
         """Create the drivers for a parsed configuration (no I/O here: ``run`` does it)."""
         ...
+
 
 #: Entry-point group for CLI subcommands that a package adds (e.g. ``fieldgate modbus read``). Each entry
 #: point names a ``register(subparsers)`` callable taking argparse's subparsers action; every subcommand
