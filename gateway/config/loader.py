@@ -19,7 +19,6 @@ from gateway.config.model import (
     TelemetrySettings,
 )
 from gateway.errors import ConfigError
-from gateway.model import DeviceInfo
 from gateway.registry import available_drivers, load_driver
 from gateway.schema import Problems, Table
 from gateway.topics import TemplateError, TopicTemplate, compile_template
@@ -105,11 +104,19 @@ def _telemetry(table: Table) -> TelemetrySettings:
     result = TelemetrySettings(
         topic=_template(table, "topic", DEFAULT_TOPIC, allow_point=not batch),
         batch=batch,
-        qos=table.integer("qos", 1, minimum=0, maximum=1),
+        qos=_qos(table),
         reading_queue=table.integer("reading_queue", 10_000, minimum=1, maximum=10_000_000),
     )
     table.finish()
     return result
+
+
+def _qos(table: Table) -> int:
+    qos = table.integer("qos", 1)
+    if qos not in (0, 1):
+        table.problem("qos", "expected 0 or 1 (Event Grid supports QoS 0 and 1 only)", qos)
+        return 1
+    return qos
 
 
 def _store(table: Table) -> StoreSettings:
@@ -139,7 +146,9 @@ def _devices(
     for name, table in root.named_tables("devices"):
         if not _valid_name(name):
             root.problems.add(table.where, NAME_WHY, name)
-        driver = table.string("driver", choices=installed or None)
+        driver = table.string("driver")
+        if driver and driver not in installed:
+            table.problem("driver", "no such driver installed; installed: " + ", ".join(installed), driver)
         batch = table.boolean("batch", telemetry.batch)
         topic = (
             _template(table, "topic", telemetry.topic.text, allow_point=not batch)
@@ -174,17 +183,8 @@ def _devices(
         for device in config.devices:
             topic, batch = overrides.get(device.name, (telemetry.topic, telemetry.batch))
             routes.append(DeviceRoute(device=device, topic=topic, batch=batch))
-            _check_points(root.problems, device)
     routes.sort(key=lambda r: r.device.name)
     return tuple(setups), tuple(routes)
-
-
-def _check_points(problems: Problems, device: DeviceInfo) -> None:
-    seen: set[str] = set()
-    for point in device.points:
-        if point.name in seen:
-            problems.add(f"devices.{device.name}.points", "duplicate point name", point.name)
-        seen.add(point.name)
 
 
 def _valid_name(name: str) -> bool:
