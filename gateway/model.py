@@ -144,7 +144,8 @@ class DriverPlugin(Protocol):
         """Validate ``[drivers.<name>]`` (``section``, or None when absent) and each device table.
 
         Every problem is recorded on the tables (never raised), so that all errors of a file are
-        reported at once. The plugin checks that point names are unique within a device. Keys the core owns (``driver``, ``topic``, ``batch``) are already consumed.
+        reported at once. The plugin checks that point names are unique within a device.
+        Keys the core owns (``driver``, ``topic``, ``batch``) are already consumed.
         """
         ...
 

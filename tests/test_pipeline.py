@@ -1,4 +1,4 @@
-"""Readings from a simulated device travel through the router to the sink, and polling never waits for the uplink."""
+"""Readings travel from a simulated device through the router to the sink; polling never waits for it."""
 
 from __future__ import annotations
 
