@@ -281,6 +281,22 @@ def test_only_the_expired_client_is_disconnected(
     long.ping()
 
 
+def test_a_reconnect_that_takes_over_the_session_is_not_cut_off_at_the_old_tokens_expiry(
+    open_client: Opener, tokens: TokenMinter, client_id: str
+) -> None:
+    # The expiry kick goes by client id: it must not hit the new connection with the same id.
+    old, _ = connect(open_client, client_id, tokens("gw-1", lifetime=2))
+    old_exp = time.time() + 2
+    new, connack = connect(open_client, client_id, tokens("gw-1", lifetime=60))
+    assert connack.reason_code == SUCCESS
+    old.wait_closed(timeout=5)
+
+    while time.time() < old_exp + 1.5:
+        new.ping()
+        time.sleep(0.2)
+    new.ping()
+
+
 # -- topic permissions --------------------------------------------------------------------------
 
 
@@ -295,6 +311,17 @@ def test_publishing_where_the_token_does_not_grant_is_refused_with_puback_0x87(
     assert granted.reason_code in (SUCCESS, NO_MATCHING_SUBSCRIBERS)
     assert refused.reason_code == NOT_AUTHORIZED
     broker.wait_for_log(f"client '{client_id}' publish 'plants/p1/config' denied: not granted to 'gw-1'")
+
+
+def test_a_refused_qos0_publish_is_dropped_and_the_connection_stays(
+    open_client: Opener, tokens: TokenMinter, client_id: str, broker: LocalBroker
+) -> None:
+    client, _ = connect(open_client, client_id, tokens("gw-1", publish_topics=["plants/#"]))
+
+    client.publish("other/topic", b"x", qos=0)
+
+    broker.wait_for_log(f"client '{client_id}' publish 'other/topic' denied")
+    client.ping()
 
 
 def test_a_token_without_publish_grants_may_not_publish_anywhere(
