@@ -24,6 +24,7 @@ from tests.support.mqtt5_raw import (
     PROP_AUTH_METHOD,
     PROP_MAXIMUM_PACKET_SIZE,
     PROP_MAXIMUM_QOS,
+    PROP_SERVER_KEEP_ALIVE,
     PROP_TOPIC_ALIAS_MAXIMUM,
     Auth,
     Connack,
@@ -384,6 +385,15 @@ def test_a_packet_over_512_kib_is_refused(open_client: Opener, tokens: TokenMint
     client.publish("plants/big", b"x" * (513 * 1024), qos=1)
 
     assert client.wait_closed(timeout=5) == [Disconnect(PACKET_TOO_LARGE)]
+
+
+def test_a_keepalive_above_event_grids_maximum_is_lowered_by_the_broker(
+    open_client: Opener, tokens: TokenMinter, client_id: str
+) -> None:
+    _, connack = connect(open_client, client_id, tokens("gw-1"), keepalive=3600)
+
+    assert connack.reason_code == SUCCESS
+    assert connack.properties[PROP_SERVER_KEEP_ALIVE] == 1160
 
 
 # -- secrets ------------------------------------------------------------------------------------

@@ -207,7 +207,11 @@ class LocalBroker:
             self._own_dir.cleanup()
 
     def __enter__(self) -> LocalBroker:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(
         self,
