@@ -40,6 +40,7 @@ METHOD = "CUSTOM-JWT"
 SUCCESS = 0x00
 NO_MATCHING_SUBSCRIBERS = 0x10
 GRANTED_QOS_1 = 0x01
+UNSPECIFIED_ERROR = 0x80
 NOT_AUTHORIZED = 0x87
 BAD_AUTH_METHOD = 0x8C
 PACKET_TOO_LARGE = 0x95
@@ -183,6 +184,14 @@ def test_a_username_that_is_not_the_tokens_sub_is_refused(
 
     assert connack.reason_code == NOT_AUTHORIZED
     broker.wait_for_log(f"client '{client_id}' connect refused: username 'gw-2' is not the token's sub")
+
+
+def test_a_connect_without_client_id_is_refused(open_client: Opener, tokens: TokenMinter) -> None:
+    # Event Grid needs the client id (the session name) and assigns none; mosquitto 2.0.11
+    # refuses an empty one with 0x80 (unspecified error) rather than 0x85.
+    _, connack = connect(open_client, "", tokens("gw-1"))
+
+    assert connack.reason_code == UNSPECIFIED_ERROR
 
 
 # -- re-authentication and expiry ---------------------------------------------------------------
@@ -347,6 +356,14 @@ def test_subscriptions_are_limited_to_granted_filters_and_receive_granted_messag
     delivered = subscriber.read_packet()
     assert isinstance(delivered, Publish)
     assert (delivered.topic, delivered.payload) == ("plants/p1/telemetry", b"21.5")
+
+
+def test_a_shared_subscription_is_refused(open_client: Opener, tokens: TokenMinter, client_id: str) -> None:
+    # Event Grid has no shared subscriptions; mosquitto checks the whole "$share/..." filter,
+    # which no grant covers.
+    client, _ = connect(open_client, client_id, tokens("app", subscribe_topics=["#", "plants/#"]))
+
+    assert client.subscribe("$share/group/plants/#").reason_codes == (NOT_AUTHORIZED,)
 
 
 def test_a_will_is_published_only_on_a_granted_topic(
