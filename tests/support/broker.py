@@ -187,6 +187,11 @@ class LocalBroker:
             process.kill()
             process.wait(timeout=5)
 
+    @property
+    def pid(self) -> int | None:
+        """The mosquitto process id (run.sh execs mosquitto), while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
