@@ -1,0 +1,353 @@
+"""Framers: pure, incremental cutters of a serial byte stream into frames.
+
+``feed(data)`` returns the complete frames found so far and keeps at most ``max_buffer`` bytes of an
+unfinished frame, whatever the input: garbage is skipped (and counted) until something that looks like
+the start of a frame, over-long frames are dropped, and a frame whose checksum fails is dropped with the
+search resuming one byte after its start, so a good frame right behind garbage is still found. Nothing
+here raises on any input.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+
+from drivers.serial.config import (
+    CHECKSUM_SIZES,
+    DelimitedFraming,
+    FixedFraming,
+    FramingSpec,
+    LengthFraming,
+    LineFraming,
+    RawFraming,
+)
+
+
+@dataclass(slots=True)
+class Counters:
+    """Per-device counts of what was received, dropped and why (the driver exposes a snapshot)."""
+
+    frames: int = 0
+    #: Bytes skipped while looking for the start of a frame.
+    garbage_bytes: int = 0
+    #: Lines or frames longer than the configured maximum (each counted once, then dropped).
+    overlong: int = 0
+    bad_checksums: int = 0
+    #: Frames whose bytes are not valid text in the parser's encoding.
+    undecodable: int = 0
+    #: Frames the parser could not make sense of (no regex match, bad JSON, wrong size for the layout).
+    unparsable: int = 0
+    #: Polled commands that got no reply within their timeout.
+    timeouts: int = 0
+    #: Frames that arrived while no command was waiting for a reply (polled mode).
+    unsolicited: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    #: The frame as received (markers, length and checksum included), for display.
+    raw: bytes
+    #: What the parser sees: a line without terminator, or the bytes between header/length and checksum.
+    payload: bytes
+
+
+# -- checksums -----------------------------------------------------------------------------------------
+def _crc16_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC16_TABLE = _crc16_table()
+
+
+def crc16_modbus(data: bytes) -> int:
+    """CRC-16/MODBUS (poly 0x8005 reflected, init 0xFFFF); sent low byte first on Modbus RTU."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _CRC16_TABLE[(crc ^ byte) & 0xFF]
+    return crc
+
+
+def sum8(data: bytes) -> int:
+    """The low 8 bits of the sum of the bytes."""
+    return sum(data) & 0xFF
+
+
+def nmea_xor(data: bytes) -> int:
+    """XOR of the bytes between ``$``/``!`` and ``*`` of an NMEA 0183 sentence."""
+    value = 0
+    for byte in data:
+        value ^= byte
+    return value
+
+
+def checksum_bytes(kind: str, data: bytes, order: str) -> bytes:
+    """The checksum of ``data`` as it is sent after it (empty for ``none``)."""
+    if kind == "crc16-modbus":
+        return crc16_modbus(data).to_bytes(2, "big" if order == "big" else "little")
+    if kind == "sum8":
+        return bytes((sum8(data),))
+    return b""
+
+
+def nmea_sentence(body: bytes) -> bytes:
+    """``$`` + body + ``*hh``: a sentence with its checksum, for simulators and tests."""
+    return b"$" + body + b"*" + f"{nmea_xor(body):02X}".encode()
+
+
+# -- framers -------------------------------------------------------------------------------------------
+class Framer(ABC):
+    """Base: a byte buffer bounded by ``max_buffer`` between calls to :meth:`feed`."""
+
+    max_buffer: int = 0
+
+    def __init__(self, counters: Counters | None = None) -> None:
+        self.counters = counters if counters is not None else Counters()
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def reset(self) -> None:
+        """Forget a partial frame (after a reconnect or before a polled command)."""
+        self._buf.clear()
+
+    @abstractmethod
+    def feed(self, data: bytes) -> list[Frame]:
+        """Take the next bytes read; return the frames they complete, oldest first."""
+
+    def _skip_to(self, marker: bytes) -> bool:
+        """Drop bytes before ``marker`` (counted as garbage); False if it is not in the buffer yet."""
+        index = self._buf.find(marker)
+        if index < 0:
+            # Keep a tail that could be the first bytes of a marker split across reads.
+            drop = len(self._buf) - (len(marker) - 1)
+            if drop > 0:
+                self.counters.garbage_bytes += drop
+                del self._buf[:drop]
+            return False
+        if index > 0:
+            self.counters.garbage_bytes += index
+            del self._buf[:index]
+        return True
+
+    def _emit(self, out: list[Frame], raw: bytes, payload: bytes) -> None:
+        self.counters.frames += 1
+        out.append(Frame(raw, payload))
+
+
+class RawFramer(Framer):
+    """Each chunk read is one frame (for looking at an unknown sensor with ``watch``)."""
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
+        if data:
+            self._emit(out, bytes(data), bytes(data))
+        return out
+
+
+class LineFramer(Framer):
+    def __init__(self, spec: LineFraming, counters: Counters | None = None) -> None:
+        super().__init__(counters)
+        self.spec = spec
+        self.max_buffer = max(spec.max_length, len(spec.terminator) - 1)
+        self._discarding = False
+
+    def reset(self) -> None:
+        super().reset()
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
+        self._buf += data
+        term = self.spec.terminator
+        while True:
+            index = self._buf.find(term)
+            if index < 0:
+                if len(self._buf) > self.spec.max_length:
+                    if not self._discarding:
+                        self.counters.overlong += 1
+                        self._discarding = True
+                    keep = len(term) - 1
+                    del self._buf[: len(self._buf) - keep]
+                return out
+            line = bytes(self._buf[:index])
+            del self._buf[: index + len(term)]
+            if self._discarding:
+                # The rest of an over-long line, already counted.
+                self._discarding = False
+                continue
+            if len(line) > self.spec.max_length:
+                self.counters.overlong += 1
+                continue
+            if term == b"\n" and line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                continue
+            if self.spec.checksum == "nmea":
+                sentence = self._nmea(line)
+                if sentence is not None:
+                    self._emit(out, line, sentence)
+            else:
+                self._emit(out, line, line)
+
+    def _nmea(self, line: bytes) -> bytes | None:
+        """The sentence from its last ``$``/``!`` on, if its ``*hh`` checksum is right."""
+        start = max(line.rfind(b"$"), line.rfind(b"!"))
+        if start < 0:
+            self.counters.garbage_bytes += len(line)
+            return None
+        self.counters.garbage_bytes += start
+        sentence = line[start:]
+        star = sentence.rfind(b"*")
+        digits = sentence[star + 1 :]
+        if star < 0 or len(digits) != 2 or not all(c in b"0123456789ABCDEFabcdef" for c in digits):
+            self.counters.bad_checksums += 1
+            return None
+        if nmea_xor(sentence[1:star]) != int(digits, 16):
+            self.counters.bad_checksums += 1
+            return None
+        return sentence
+
+
+class FixedFramer(Framer):
+    def __init__(self, spec: FixedFraming, counters: Counters | None = None) -> None:
+        super().__init__(counters)
+        self.spec = spec
+        self._cs = CHECKSUM_SIZES[spec.checksum]
+        self.max_buffer = max(spec.length - 1, len(spec.header) - 1, 0)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
+        self._buf += data
+        spec = self.spec
+        while True:
+            if spec.header and not self._skip_to(spec.header):
+                return out
+            if len(self._buf) < spec.length:
+                return out
+            frame = bytes(self._buf[: spec.length])
+            body, check = frame[: spec.length - self._cs], frame[spec.length - self._cs :]
+            if checksum_bytes(spec.checksum, body, spec.checksum_order) == check:
+                del self._buf[: spec.length]
+                self._emit(out, frame, body[len(spec.header) :])
+            else:
+                # Resynchronise one byte on: a real frame may start inside the one that failed.
+                self.counters.bad_checksums += 1
+                del self._buf[:1]
+
+
+class DelimitedFramer(Framer):
+    def __init__(self, spec: DelimitedFraming, counters: Counters | None = None) -> None:
+        super().__init__(counters)
+        self.spec = spec
+        self._cs = CHECKSUM_SIZES[spec.checksum]
+        self._max_total = len(spec.start) + spec.max_length + self._cs + len(spec.end)
+        self.max_buffer = self._max_total - 1
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
+        self._buf += data
+        spec, cs = self.spec, self._cs
+        start_len, end_len = len(spec.start), len(spec.end)
+        while True:
+            if not self._skip_to(spec.start):
+                return out
+            # An end marker may also occur inside the payload or checksum of a binary frame, so with a
+            # checksum each end marker is tried in turn; a failed one followed by a new start marker means
+            # the frame is bad and the search moves on to that start.
+            end = self._buf.find(spec.end, start_len + cs)
+            failed_at = -1
+            found = -1
+            while end >= 0 and end + end_len <= self._max_total:
+                body = bytes(self._buf[: end - cs])
+                if checksum_bytes(spec.checksum, body, spec.checksum_order) == self._buf[end - cs : end]:
+                    found = end
+                    break
+                failed_at = end
+                after = end + end_len
+                if self._buf[after : after + start_len] == spec.start:
+                    break
+                end = self._buf.find(spec.end, end + 1)
+            if found >= 0:
+                raw = bytes(self._buf[: found + end_len])
+                del self._buf[: found + end_len]
+                self._emit(out, raw, raw[start_len : found - cs])
+                continue
+            if (
+                failed_at >= 0
+                and self._buf[failed_at + end_len : failed_at + end_len + start_len] == spec.start
+            ):
+                self.counters.bad_checksums += 1
+                del self._buf[: failed_at + end_len]
+                continue
+            if len(self._buf) >= self._max_total:
+                if failed_at >= 0:
+                    self.counters.bad_checksums += 1
+                else:
+                    self.counters.overlong += 1
+                del self._buf[:start_len]
+                continue
+            return out
+
+
+class LengthFramer(Framer):
+    def __init__(self, spec: LengthFraming, counters: Counters | None = None) -> None:
+        super().__init__(counters)
+        self.spec = spec
+        self._cs = CHECKSUM_SIZES[spec.checksum]
+        self._prefix = len(spec.header) + spec.length_size
+        self.max_buffer = self._prefix + spec.max_length + self._cs - 1
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
+        self._buf += data
+        spec, cs, prefix = self.spec, self._cs, self._prefix
+        while True:
+            if spec.header and not self._skip_to(spec.header):
+                return out
+            if len(self._buf) < prefix:
+                return out
+            field = bytes(self._buf[len(spec.header) : prefix])
+            size = int.from_bytes(field, spec.length_order) + spec.length_adjust
+            if size < 0 or size > spec.max_length:
+                if size > spec.max_length:
+                    self.counters.overlong += 1
+                else:
+                    self.counters.garbage_bytes += 1
+                del self._buf[:1]
+                continue
+            total = prefix + size + cs
+            if len(self._buf) < total:
+                return out
+            frame = bytes(self._buf[:total])
+            body = frame[: total - cs]
+            if checksum_bytes(spec.checksum, body, spec.checksum_order) == frame[total - cs :]:
+                del self._buf[:total]
+                self._emit(out, frame, body[prefix:])
+            else:
+                self.counters.bad_checksums += 1
+                del self._buf[:1]
+
+
+def build_framer(spec: FramingSpec, counters: Counters | None = None) -> Framer:
+    if isinstance(spec, LineFraming):
+        return LineFramer(spec, counters)
+    if isinstance(spec, FixedFraming):
+        return FixedFramer(spec, counters)
+    if isinstance(spec, DelimitedFraming):
+        return DelimitedFramer(spec, counters)
+    if isinstance(spec, LengthFraming):
+        return LengthFramer(spec, counters)
+    if isinstance(spec, RawFraming):
+        return RawFramer(counters)
+    raise TypeError(f"unknown framing {spec!r}")
