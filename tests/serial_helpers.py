@@ -87,3 +87,33 @@ def device_from_toml(name: str, text: str) -> DeviceSpec:
     spec = parse_device(name, table, retry_initial=0.05, retry_max=0.2)
     problems.raise_if_any()
     return spec
+
+
+class Responder:
+    """A polled sensor on a pty: answers each command it knows, stays silent on the others."""
+
+    def __init__(self, pty: Pty, answers: dict[bytes, bytes | None]) -> None:
+        self.pty = pty
+        self.answers = answers
+        self.heard: list[bytes] = []
+        self._buf = b""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(pty.master, self._readable)
+
+    def _readable(self) -> None:
+        self._buf += self.pty.read()
+        while self._buf:
+            for command, reply in self.answers.items():
+                if self._buf.startswith(command):
+                    self.heard.append(command)
+                    self._buf = self._buf[len(command) :]
+                    if reply is not None:
+                        self.pty.write(reply)
+                    break
+            else:
+                if any(c.startswith(self._buf) for c in self.answers):
+                    return  # the rest of a command is still on its way
+                self._buf = self._buf[1:]
+
+    def stop(self) -> None:
+        self._loop.remove_reader(self.pty.master)

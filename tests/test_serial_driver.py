@@ -10,16 +10,16 @@ import asyncio
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from serial_helpers import Collector, Pty, Responder, device_from_toml, wait_for
 
 from drivers.serial.driver import SerialDriver
 from drivers.serial.framing import checksum_bytes, nmea_sentence
 from gateway.model import Quality
-from serial_helpers import Collector, Pty, device_from_toml, wait_for
 
 LOGGER = "fieldgate.serial"
 
@@ -119,3 +119,251 @@ async def test_gps_stream_gives_positions_and_drops_sentences_with_bad_checksums
     assert counters["bad_checksums"] == 1
     assert counters["frames"] == 4
     assert counters["garbage_bytes"] == len(b"\x00\xfe\x13garbage")
+
+
+# -- a weather station printing CSV lines ----------------------------------------------------------------
+WEATHER_TOML = """
+[devices.weather]
+driver = "serial"
+port = "{path}"
+framing = {{ kind = "line", max_length = 80 }}
+parser = {{ kind = "csv", columns = ["station", "temperature", "humidity", "pressure", "wind"] }}
+points = [
+  {{ name = "temperature", field = "temperature", unit = "degC" }},
+  {{ name = "humidity", field = "humidity", unit = "%" }},
+  {{ name = "pressure", field = "pressure", unit = "hPa", scale = 0.01 }},
+  {{ name = "wind", field = 4, unit = "m/s" }},
+]
+"""
+
+
+async def test_weather_station_csv_lines_become_readings_and_bad_lines_are_counted(
+    pty: Pty, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    driver = SerialDriver(device_from_toml("weather", WEATHER_TOML.format(path=pty.path)))
+    sink = Collector()
+    async with running(driver, sink):
+        await opened(caplog, "weather")
+        pty.write(b"WS1,21.5,45,101325,3.2\r\n")
+        pty.write(b"WS1,21.7,err,101300,2.9\n")
+        pty.write(b"#" * 200 + b"\n")
+        pty.write(b"WS1,\xff\xfe,1\n")
+        pty.write(b"WS1,22.0,44,101280,3.1\n")
+        await wait_for(lambda: len(sink.batches) >= 3, what="three weather lines")
+
+    assert [[(r.point, r.value, r.quality) for r in b] for b in sink.batches] == [
+        [
+            ("temperature", 21.5, Quality.GOOD),
+            ("humidity", 45.0, Quality.GOOD),
+            ("pressure", pytest.approx(1013.25), Quality.GOOD),
+            ("wind", 3.2, Quality.GOOD),
+        ],
+        [
+            ("temperature", 21.7, Quality.GOOD),
+            ("humidity", None, Quality.BAD),
+            ("pressure", pytest.approx(1013.0), Quality.GOOD),
+            ("wind", 2.9, Quality.GOOD),
+        ],
+        [
+            ("temperature", 22.0, Quality.GOOD),
+            ("humidity", 44.0, Quality.GOOD),
+            ("pressure", pytest.approx(1012.8), Quality.GOOD),
+            ("wind", 3.1, Quality.GOOD),
+        ],
+    ]
+    assert sink.batches[1][1].reason == "not a number: 'err'"
+    assert sink.batches[0][2].unit == "hPa"
+    counters = driver.counters
+    assert (counters["overlong"], counters["undecodable"], counters["frames"]) == (1, 1, 4)
+
+
+# -- a scale that answers commands -----------------------------------------------------------------------
+SCALE_TOML = r"""
+[devices.scale]
+driver = "serial"
+port = "{path}"
+baudrate = 19200
+mode = "polled"
+framing = {{ kind = "line", terminator = "\r\n", max_length = 64 }}
+parser = {{ kind = "regex", pattern = '^(?P<status>ST|US),GS,\s*(?P<weight>[-+]?[0-9.]+)\s*kg$' }}
+
+[devices.scale.commands.weight]
+send = "W\r\n"
+interval = 0.05
+timeout = 0.5
+points = [
+  {{ name = "weight", field = "weight", unit = "kg" }},
+  {{ name = "stable", field = "status", type = "string" }},
+]
+
+[devices.scale.commands.temperature]
+send = "T?\r\n"
+interval = 0.05
+timeout = 0.5
+parser = {{ kind = "keyvalue", separator = ";" }}
+points = [{{ name = "temperature", field = "T", unit = "degC" }}]
+
+[devices.scale.commands.serial_number]
+send = [0x1B, 0x53]
+interval = 0.05
+timeout = 0.1
+points = [{{ name = "serial", field = "status", type = "string" }}]
+"""
+
+
+async def test_polled_scale_answers_its_commands_and_a_silent_command_gives_bad_readings(
+    pty: Pty, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    scale = Responder(
+        pty, {b"W\r\n": b"ST,GS,  12.345 kg\r\n", b"T?\r\n": b"T=23.5;H=40\r\n", b"\x1bS": None}
+    )
+    driver = SerialDriver(device_from_toml("scale", SCALE_TOML.format(path=pty.path)))
+    sink = Collector()
+    try:
+        async with running(driver, sink):
+            await wait_for(lambda: len(sink.values("serial")) >= 3, what="three polls of every command")
+    finally:
+        scale.stop()
+
+    first_cycle = [[(r.point, r.value, r.quality, r.reason) for r in b] for b in sink.batches[:3]]
+    assert first_cycle == [
+        [("weight", 12.345, Quality.GOOD, None), ("stable", "ST", Quality.GOOD, None)],
+        [("temperature", 23.5, Quality.GOOD, None)],
+        [("serial", None, Quality.BAD, "no reply within 0.1s")],
+    ]
+    assert scale.heard[:3] == [b"W\r\n", b"T?\r\n", b"\x1bS"]
+    assert set(sink.values("weight")) == {12.345}
+    # The silent command is reported once, not on every poll.
+    assert logged(caplog, "no reply to command 'serial_number'", logging.WARNING) == 1
+    assert driver.counters["timeouts"] >= 3
+
+
+# -- a binary instrument: length-prefixed frames with CRC-16/Modbus ------------------------------------------
+TANK_TOML = """
+[devices.tank]
+driver = "serial"
+port = "{path}"
+baudrate = 115200
+framing = {{ kind = "length", header = [0xAA, 0x55], max_length = 32, checksum = "crc16-modbus" }}
+parser = {{ kind = "struct", format = "hHB", byteorder = "big", fields = ["temperature", "level", "status"] }}
+points = [
+  {{ name = "temperature", field = "temperature", unit = "degC", scale = 0.01 }},
+  {{ name = "level", field = "level", unit = "m", scale = 0.001, offset = -1.0 }},
+  {{ name = "alarm", field = "status", type = "bool" }},
+  {{ name = "status", field = 2, type = "int" }},
+]
+"""
+
+
+def tank_frame(payload: bytes) -> bytes:
+    body = b"\xaa\x55" + bytes((len(payload),)) + payload
+    return body + checksum_bytes("crc16-modbus", body, "little")
+
+
+async def test_binary_instrument_frames_with_crc_are_decoded_and_corrupt_ones_dropped(
+    pty: Pty, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    driver = SerialDriver(device_from_toml("tank", TANK_TOML.format(path=pty.path)))
+    sink = Collector()
+    good1 = tank_frame(struct.pack(">hHB", 2150, 3500, 0))
+    corrupt = bytearray(tank_frame(struct.pack(">hHB", 2160, 3600, 0)))
+    corrupt[5] ^= 0x01
+    good2 = tank_frame(struct.pack(">hHB", -525, 980, 1))
+    wrong_layout = tank_frame(struct.pack(">hHBB", 1, 2, 3, 4))
+    async with running(driver, sink):
+        await opened(caplog, "tank")
+        pty.write(good1 + b"\x13\x37noise" + bytes(corrupt) + good2 + wrong_layout)
+        await wait_for(lambda: driver.counters["unparsable"] == 1, what="the whole stream")
+
+    assert [[(r.point, r.value) for r in b] for b in sink.batches] == [
+        [("temperature", 21.5), ("level", pytest.approx(2.5)), ("alarm", False), ("status", 0)],
+        [("temperature", -5.25), ("level", pytest.approx(-0.02)), ("alarm", True), ("status", 1)],
+    ]
+    assert driver.counters["bad_checksums"] == 1
+    assert driver.counters["frames"] == 3
+
+
+# -- faults: unplugged, missing at start; other devices carry on ------------------------------------------
+def point_link(link: Path, target: str) -> None:
+    """Re-point a stable name at a (new) pty, the way udev re-creates /dev/serial/by-id/... on replug."""
+    tmp = link.with_suffix(".new")
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+async def test_unplugged_port_is_reopened_with_one_error_and_one_recovery_line_while_others_carry_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    first, other = Pty(), Pty()
+    link = tmp_path / "weather"
+    point_link(link, first.path)
+    weather = SerialDriver(device_from_toml("weather", WEATHER_TOML.format(path=link)))
+    neighbour = SerialDriver(device_from_toml("gps", GPS_TOML.format(path=other.path)))
+    sink, neighbour_sink = Collector(), Collector()
+    gga = nmea_sentence(b"GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,") + b"\r\n"
+    second: Pty | None = None
+    try:
+        async with running(weather, sink), running(neighbour, neighbour_sink):
+            await opened(caplog, "weather")
+            await opened(caplog, "gps")
+            first.write(b"WS1,21.5,45,101325,3.2\n")
+            await wait_for(lambda: len(sink.batches) == 1, what="a reading before the unplug")
+
+            first.close()
+            await wait_for(
+                lambda: logged(caplog, "serial[weather]", logging.ERROR) == 1, what="the error line"
+            )
+            # While the weather station is gone, the GPS on its own port keeps reporting.
+            other.write(gga)
+            await wait_for(lambda: len(neighbour_sink.batches) == 1, what="the neighbour's fix")
+            # Several reopen attempts fail quietly meanwhile (debug only).
+            await wait_for(lambda: logged(caplog, "still unavailable") >= 2, what="quiet retries")
+
+            second = Pty()
+            point_link(link, second.path)
+            await wait_for(lambda: logged(caplog, "recovered") == 1, what="the recovery line")
+            second.write(b"WS1,22.0,44,101280,3.1\n")
+            await wait_for(lambda: len(sink.batches) == 2, what="a reading after the replug")
+    finally:
+        for p in (first, other, second):
+            if p is not None:
+                p.close()
+
+    assert [b[0].value for b in sink.batches] == [21.5, 22.0]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].getMessage().startswith("serial[weather]: ")
+    assert "reopening with backoff" in errors[0].getMessage()
+    recoveries = [r for r in caplog.records if "recovered" in r.getMessage()]
+    assert len(recoveries) == 1
+    assert recoveries[0].levelno == logging.INFO
+    assert recoveries[0].getMessage().startswith("serial[weather]: recovered")
+
+
+async def test_port_missing_at_start_is_logged_once_and_picked_up_when_it_appears(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    link = tmp_path / "ttyUSB-weather"
+    driver = SerialDriver(device_from_toml("weather", WEATHER_TOML.format(path=link)))
+    sink = Collector()
+    pty: Pty | None = None
+    try:
+        async with running(driver, sink):
+            await wait_for(lambda: logged(caplog, "still unavailable") >= 2, what="quiet retries")
+            pty = Pty()
+            point_link(link, pty.path)
+            await wait_for(lambda: logged(caplog, "recovered") == 1, what="the recovery line")
+            pty.write(b"WS1,21.5,45,101325,3.2\n")
+            await wait_for(lambda: len(sink.batches) == 1, what="a reading")
+    finally:
+        if pty is not None:
+            pty.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"serial[weather]: cannot open {link}: No such file or directory; retrying every 0.05s up to 0.2s"
+    ]
