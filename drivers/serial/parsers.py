@@ -194,7 +194,7 @@ def _nmea_time(text: str) -> str | None:
 
 
 def _nmea_date(text: str) -> str | None:
-    """``ddmmyy`` to ``20yy-mm-dd`` (NMEA 0183 sends a two-digit year)."""
+    """``ddmmyy`` to ``yyyy-mm-dd``: NMEA 0183 sends a two-digit year, and GPS began in 1980."""
     if not text:
         return None
     if len(text) != 6 or not text.isdigit() or not text.isascii():
@@ -202,7 +202,8 @@ def _nmea_date(text: str) -> str | None:
     dd, mm = int(text[:2]), int(text[2:4])
     if not (1 <= dd <= 31 and 1 <= mm <= 12):
         raise _Malformed
-    return f"20{text[4:]}-{text[2:4]}-{text[:2]}"
+    century = "19" if int(text[4:]) >= 80 else "20"
+    return f"{century}{text[4:]}-{text[2:4]}-{text[:2]}"
 
 
 def _gga(f: list[str]) -> Fields:
