@@ -460,6 +460,8 @@ def parse_points(owner: Table, parser: ParserSpec | None, *, required: bool) -> 
 
 def _parse_port(device: Table) -> PortSpec:
     path = device.string("port")
+    baudrate = device.integer("baudrate", 9600, minimum=50, maximum=4_000_000)
+    bytesize = device.integer("bytesize", 8, minimum=5, maximum=8)
     parity = device.string("parity", "none", choices=tuple(_PARITIES))
     stopbits = device.number("stopbits", 1)
     if stopbits not in (1, 1.5, 2):
@@ -478,8 +480,8 @@ def _parse_port(device: Table) -> PortSpec:
         t.finish()
     return PortSpec(
         path=path,
-        baudrate=device.integer("baudrate", 9600, minimum=50, maximum=4_000_000),
-        bytesize=device.integer("bytesize", 8, minimum=5, maximum=8),
+        baudrate=baudrate,
+        bytesize=bytesize,
         parity=_PARITIES.get(parity, "N"),
         stopbits=stopbits,
         rtscts=device.boolean("rtscts", False),
@@ -515,6 +517,7 @@ def parse_device(
     else:
         if device.has("points"):
             device.problem("points", "a polled device lists its points under each command")
+            device.consume("points")
         for cname, ct in device.named_tables("commands"):
             send = read_bytes(ct, "send")
             interval = ct.number("interval", 1.0, positive=True, maximum=86400)
