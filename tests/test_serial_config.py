@@ -178,7 +178,7 @@ points = [{ name = "weight", field = "w", type = "int", scale = 0.5 }]
 
 [devices.tank]
 driver = "serial"
-port = "/dev/ttyAMA0"
+port = "/dev/ttyUSB0"
 framing = { kind = "fixed", length = 1, header = [0xAA, 300], checksum = "crc16-modbus" }
 parser = { kind = "struct", format = "<hX", fields = ["a", "b"] }
 """
@@ -214,6 +214,7 @@ def test_every_mistake_is_reported_at_once_with_its_key_path() -> None:
         " (bad char in struct format)",
         "gw.toml: devices.tank.parser.fields = ['a', 'b']: names 2 values but the format unpacks 0",
         "gw.toml: devices.tank.points: at least one point is required ([[...points]] with name and field)",
+        "gw.toml: devices.tank.port = \"/dev/ttyUSB0\": is already used by device 'scale'",
     ]
 
 

@@ -558,6 +558,13 @@ def parse_config(section: Table | None, devices: Sequence[tuple[str, Table]]) ->
         retry_max = section.number("retry_max", 30.0, positive=True, maximum=3600)
         section.finish()
     specs = tuple(parse_device(n, t, retry_initial=retry_initial, retry_max=retry_max) for n, t in devices)
+    # Each device holds its port exclusively, so two devices on one port would lock each other out.
+    owners: dict[str, str] = {}
+    for spec, (_, table) in zip(specs, devices, strict=True):
+        if spec.port.path in owners:
+            table.problem("port", f"is already used by device {owners[spec.port.path]!r}", spec.port.path)
+        elif spec.port.path:
+            owners[spec.port.path] = spec.name
     infos = tuple(
         DeviceInfo(s.name, "serial", tuple(PointInfo(p.name, p.unit) for p in s.all_points)) for s in specs
     )

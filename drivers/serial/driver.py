@@ -284,7 +284,7 @@ class SerialDriver:
 
         def on_data(data: bytes) -> None:
             if not waiting:
-                self._counters.unsolicited += len(data)
+                self._counters.unsolicited_bytes += len(data)
                 return
             framer, reply = waiting[0]
             for frame in framer.feed(data):

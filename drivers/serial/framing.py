@@ -39,8 +39,8 @@ class Counters:
     unparsable: int = 0
     #: Polled commands that got no reply within their timeout.
     timeouts: int = 0
-    #: Frames that arrived while no command was waiting for a reply (polled mode).
-    unsolicited: int = 0
+    #: Bytes that arrived while no command was waiting for a reply (polled mode).
+    unsolicited_bytes: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
