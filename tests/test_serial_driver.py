@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,7 +25,7 @@ LOGGER = "fieldgate.serial"
 
 
 @pytest.fixture
-def pty() -> AsyncIterator[Pty]:
+def pty() -> Iterator[Pty]:
     p = Pty()
     yield p
     p.close()
