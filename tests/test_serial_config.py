@@ -49,6 +49,7 @@ baudrate = 38400
 framing = { kind = "line", terminator = "\r\n", max_length = 90, checksum = "nmea" }
 parser = { kind = "nmea" }
 points = [{ name = "lat", field = "latitude", unit = "deg" }]
+silence_timeout = 5
 
 [devices.scale]
 driver = "serial"
@@ -104,7 +105,7 @@ def test_a_good_file_becomes_frozen_specs_and_device_infos() -> None:
     assert gps.port == PortSpec("/dev/serial/by-id/usb-u-blox_AG_GNSS_receiver-if00", 38400)
     assert gps.framing == LineFraming(b"\r\n", 90, "nmea")
     assert gps.parser == NmeaParser()
-    assert (gps.mode, gps.retry_initial, gps.retry_max) == ("stream", 0.5, 10.0)
+    assert (gps.mode, gps.retry_initial, gps.retry_max, gps.silence_timeout) == ("stream", 0.5, 10.0, 5.0)
 
     assert scale.port == PortSpec(
         "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0",
@@ -168,6 +169,7 @@ points = [{ name = "lat", field = "lattitude" }, { name = "lat", field = "longit
 driver = "serial"
 port = "/dev/ttyUSB0"
 mode = "polled"
+silence_timeout = 3
 parser = { kind = "regex", pattern = '(unclosed' }
 points = [{ name = "w" }]
 
@@ -200,6 +202,8 @@ def test_every_mistake_is_reported_at_once_with_its_key_path() -> None:
         'gw.toml: devices.gps.points[1].type = "double": expected one of "float", "int", "bool", "string"',
         'gw.toml: devices.scale.parser.pattern = "(unclosed": is not a valid regular expression'
         " (missing ), unterminated subpattern)",
+        "gw.toml: devices.scale.silence_timeout: is for streaming devices;"
+        " a polled command has its own timeout",
         "gw.toml: devices.scale.points: a polled device lists its points under each command",
         'gw.toml: devices.scale.commands.weight.send = "Wä€": characters above U+00FF cannot be sent as one'
         " byte; use an array of bytes",

@@ -367,3 +367,31 @@ async def test_port_missing_at_start_is_logged_once_and_picked_up_when_it_appear
     assert errors == [
         f"serial[weather]: cannot open {link}: No such file or directory; retrying every 0.05s up to 0.2s"
     ]
+
+
+async def test_a_streaming_sensor_that_falls_silent_turns_its_points_bad_once(
+    pty: Pty, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    toml = WEATHER_TOML.format(path=pty.path).replace(
+        'driver = "serial"', 'driver = "serial"\nsilence_timeout = 0.2'
+    )
+    driver = SerialDriver(device_from_toml("weather", toml))
+    sink = Collector()
+    async with running(driver, sink):
+        await opened(caplog, "weather")
+        pty.write(b"WS1,21.5,45,101325,3.2\n")
+        await wait_for(lambda: len(sink.batches) == 2, what="a reading, then the silence")
+        # Noise is not talking: the points stay BAD and nothing more is emitted for them.
+        pty.write(b"\x00\x00")
+        await wait_for(lambda: logged(caplog, "no frame for 0.2s") == 1, what="the warning")
+        pty.write(b"WS1,22.0,44,101280,3.1\n")
+        await wait_for(lambda: len(sink.batches) == 3, what="the sensor talking again")
+
+    silence = sink.batches[1]
+    assert [(r.point, r.value, r.quality, r.reason) for r in silence] == [
+        (p, None, Quality.BAD, "no data for 0.2s") for p in ("temperature", "humidity", "pressure", "wind")
+    ]
+    assert sink.batches[2][0].value == 22.0
+    assert logged(caplog, "no frame for 0.2s", logging.WARNING) == 1
+    assert logged(caplog, "serial[weather]: frames arrive again", logging.INFO) == 1

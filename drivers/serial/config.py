@@ -221,6 +221,8 @@ class DeviceSpec:
     commands: tuple[CommandSpec, ...] = ()
     retry_initial: float = 1.0
     retry_max: float = 30.0
+    #: Streaming mode: after this many seconds without a frame the points go BAD (None: never).
+    silence_timeout: float | None = None
 
     @property
     def all_points(self) -> tuple[PointSpec, ...]:
@@ -506,6 +508,9 @@ def parse_device(
         device.problem("retry_max", f"must be at least retry_initial ({retry_initial:g})", retry_max)
     points: tuple[PointSpec, ...] = ()
     commands: list[CommandSpec] = []
+    silence_timeout = device.optional_number("silence_timeout", positive=True, maximum=86400)
+    if silence_timeout is not None and mode == "polled":
+        device.problem("silence_timeout", "is for streaming devices; a polled command has its own timeout")
     if mode == "stream":
         if parser is None:
             device.problem(
@@ -548,6 +553,7 @@ def parse_device(
         commands=tuple(commands),
         retry_initial=retry_initial,
         retry_max=max(retry_max, retry_initial),
+        silence_timeout=silence_timeout,
     )
 
 

@@ -252,9 +252,20 @@ class SerialDriver:
             else None
         )
 
+        loop = asyncio.get_running_loop()
+        last_frame = loop.time()
+        silent = False
+
         def on_data(data: bytes) -> None:
+            nonlocal last_frame, silent
             now = time.time()
-            for frame in framer.feed(data):
+            frames = framer.feed(data)
+            if frames:
+                last_frame = loop.time()
+                if silent:
+                    silent = False
+                    log.info("%s: frames arrive again", self.name)
+            for frame in frames:
                 self._observe(frame)
                 if plan is None:
                     continue
@@ -264,7 +275,24 @@ class SerialDriver:
 
         link = _Link(self.name, port, on_data)
         try:
-            await asyncio.shield(link.lost)
+            limit = spec.silence_timeout
+            while not link.lost.done():
+                if limit is None:
+                    await asyncio.shield(link.lost)
+                    break
+                left = last_frame + limit - loop.time()
+                if left > 0:
+                    await asyncio.wait({link.lost}, timeout=left)
+                    continue
+                if not silent:
+                    # Bytes may still arrive (noise on a cut line): only whole frames count as talking.
+                    silent = True
+                    log.warning(
+                        "%s: no frame for %gs; its points are BAD until it talks again", self.name, limit
+                    )
+                    if plan is not None and plan.points:
+                        emit(plan.all_bad(time.time(), f"no data for {limit:g}s"))
+                await asyncio.wait({link.lost}, timeout=limit)
             link.check()
         finally:
             link.close()
