@@ -241,3 +241,20 @@ points = [{{ name = "v", field = "v" }}]
     )
     assert problems == []
     assert config.specs[0].commands[0].send == expected
+
+
+def test_long_binary_frames_without_a_header_are_refused() -> None:
+    _, problems = parse(
+        """
+[devices.x]
+driver = "serial"
+port = "/dev/ttyS0"
+framing = { kind = "length", max_length = 1000, checksum = "sum8" }
+parser = { kind = "json" }
+points = [{ name = "v", field = "v" }]
+"""
+    )
+    assert problems == [
+        "gw.toml: devices.x.framing.max_length = 1000: checksummed frames without a header may be at most"
+        " 256 bytes; add a header"
+    ]

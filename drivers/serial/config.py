@@ -22,6 +22,9 @@ Checksum = Literal["none", "nmea", "crc16-modbus", "sum8"]
 ByteOrder = Literal["little", "big"]
 PointType = Literal["float", "int", "bool", "string"]
 
+#: Largest binary frame (payload for delimited/length framing); serial instruments send far smaller ones.
+MAX_BINARY_FRAME = 4096
+MAX_HEADERLESS_FRAME = 256
 CHECKSUM_SIZES: dict[str, int] = {"none": 0, "nmea": 0, "crc16-modbus": 2, "sum8": 1}
 _BINARY_CHECKSUMS = ("none", "crc16-modbus", "sum8")
 _PARITIES = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
@@ -303,12 +306,13 @@ def parse_framing(table: Table | None, default: FramingSpec | None) -> FramingSp
             checksum="nmea" if checksum == "nmea" else "none",
         )
     elif kind == "fixed":
-        length = table.integer("length", minimum=1, maximum=65536)
+        length = table.integer("length", minimum=1, maximum=MAX_BINARY_FRAME)
         header = read_bytes(table, "header", b"")
         checksum = _binary_checksum(table)
         spec = FixedFraming(length, header, checksum, _byte_order(table, "checksum_order", "little"))
         if length and length < len(header) + CHECKSUM_SIZES[checksum]:
             table.problem("length", "is shorter than the header and checksum together", length)
+        _check_headerless(table, "length", length, header, checksum)
     elif kind == "delimited":
         start = read_bytes(table, "start")
         end = read_bytes(table, "end")
@@ -318,7 +322,7 @@ def parse_framing(table: Table | None, default: FramingSpec | None) -> FramingSp
         spec = DelimitedFraming(
             start=start or b"\x02",
             end=end or b"\x03",
-            max_length=table.integer("max_length", 256, minimum=1, maximum=65536),
+            max_length=table.integer("max_length", 256, minimum=1, maximum=MAX_BINARY_FRAME),
             checksum=_binary_checksum(table),
             checksum_order=_byte_order(table, "checksum_order", "little"),
         )
@@ -329,12 +333,24 @@ def parse_framing(table: Table | None, default: FramingSpec | None) -> FramingSp
             length_size=2 if size == 2 else 1,
             length_order=_byte_order(table, "length_order", "big"),
             length_adjust=table.integer("length_adjust", 0, minimum=-65536, maximum=65536),
-            max_length=table.integer("max_length", 256, minimum=1, maximum=65536),
+            max_length=table.integer("max_length", 256, minimum=1, maximum=MAX_BINARY_FRAME),
             checksum=_binary_checksum(table),
             checksum_order=_byte_order(table, "checksum_order", "little"),
         )
+        _check_headerless(table, "max_length", spec.max_length, spec.header, spec.checksum)
     table.finish()
     return spec
+
+
+def _check_headerless(table: Table, key: str, size: int, header: bytes, checksum: str) -> None:
+    # Without a header, finding the way back after garbage means testing the checksum at every byte
+    # position; over longer frames that costs more CPU than a fast line delivers bytes.
+    if not header and checksum != "none" and size > MAX_HEADERLESS_FRAME:
+        table.problem(
+            key,
+            f"checksummed frames without a header may be at most {MAX_HEADERLESS_FRAME} bytes; add a header",
+            size,
+        )
 
 
 def parse_parser(

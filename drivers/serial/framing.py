@@ -68,9 +68,11 @@ def _crc16_table() -> tuple[int, ...]:
 _CRC16_TABLE = _crc16_table()
 
 
-def crc16_modbus(data: bytes) -> int:
-    """CRC-16/MODBUS (poly 0x8005 reflected, init 0xFFFF); sent low byte first on Modbus RTU."""
-    crc = 0xFFFF
+def crc16_modbus(data: bytes, crc: int = 0xFFFF) -> int:
+    """CRC-16/MODBUS (poly 0x8005 reflected, init 0xFFFF); sent low byte first on Modbus RTU.
+
+    ``crc`` continues a computation over preceding bytes.
+    """
     for byte in data:
         crc = (crc >> 8) ^ _CRC16_TABLE[(crc ^ byte) & 0xFF]
     return crc
@@ -125,6 +127,9 @@ class Framer(ABC):
     def feed(self, data: bytes) -> list[Frame]:
         """Take the next bytes read; return the frames they complete, oldest first."""
 
+    def _drop(self, count: int) -> None:
+        del self._buf[:count]
+
     def _skip_to(self, marker: bytes) -> bool:
         """Drop bytes before ``marker`` (counted as garbage); False if it is not in the buffer yet."""
         index = self._buf.find(marker)
@@ -133,11 +138,11 @@ class Framer(ABC):
             drop = len(self._buf) - (len(marker) - 1)
             if drop > 0:
                 self.counters.garbage_bytes += drop
-                del self._buf[:drop]
+                self._drop(drop)
             return False
         if index > 0:
             self.counters.garbage_bytes += index
-            del self._buf[:index]
+            self._drop(index)
         return True
 
     def _emit(self, out: list[Frame], raw: bytes, payload: bytes) -> None:
@@ -246,13 +251,66 @@ class FixedFramer(Framer):
                 del self._buf[:1]
 
 
+class _RunningChecksum:
+    """A checksum over a growing prefix of a buffer, extended byte by byte instead of recomputed."""
+
+    def __init__(self, kind: str, order: str) -> None:
+        self.kind = kind
+        self.order = order
+        self.reset()
+
+    def reset(self) -> None:
+        self.covered = 0
+        self.state = 0xFFFF if self.kind == "crc16-modbus" else 0
+
+    def upto(self, buf: bytearray, n: int) -> bytes:
+        """The checksum of ``buf[:n]`` as sent (``n`` only grows between resets)."""
+        if n < self.covered:
+            self.reset()
+        chunk = bytes(buf[self.covered : n])
+        if self.kind == "crc16-modbus":
+            self.state = crc16_modbus(chunk, self.state)
+            self.covered = n
+            return self.state.to_bytes(2, "big" if self.order == "big" else "little")
+        if self.kind == "sum8":
+            self.state = (self.state + sum(chunk)) & 0xFF
+            self.covered = n
+            return bytes((self.state,))
+        return b""
+
+
 class DelimitedFramer(Framer):
+    """``start + payload + checksum + end``.
+
+    An end marker may also occur inside the payload or checksum of a binary frame, so with a checksum
+    each end marker after a start is tried in turn. A failed one directly followed by a start marker
+    means the frame was bad: the search moves on to that start. The scan position and the checksum of
+    the bytes before it are kept between reads, so each byte is looked at once per start marker.
+    """
+
     def __init__(self, spec: DelimitedFraming, counters: Counters | None = None) -> None:
         super().__init__(counters)
         self.spec = spec
         self._cs = CHECKSUM_SIZES[spec.checksum]
         self._max_total = len(spec.start) + spec.max_length + self._cs + len(spec.end)
         self.max_buffer = self._max_total - 1
+        self._running = _RunningChecksum(spec.checksum, spec.checksum_order)
+        self._forget()
+
+    def _forget(self) -> None:
+        """The buffer's head moved: the scan state belongs to a start marker no longer there."""
+        self._scan = len(self.spec.start) + self._cs
+        self._failed_at = -1
+        self._any_failed = False
+        self._running.reset()
+
+    def _drop(self, count: int) -> None:
+        super()._drop(count)
+        self._forget()
+
+    def reset(self) -> None:
+        super().reset()
+        self._forget()
 
     def feed(self, data: bytes) -> list[Frame]:
         out: list[Frame] = []
@@ -262,42 +320,46 @@ class DelimitedFramer(Framer):
         while True:
             if not self._skip_to(spec.start):
                 return out
-            # An end marker may also occur inside the payload or checksum of a binary frame, so with a
-            # checksum each end marker is tried in turn; a failed one followed by a new start marker means
-            # the frame is bad and the search moves on to that start.
-            end = self._buf.find(spec.end, start_len + cs)
-            failed_at = -1
-            found = -1
-            while end >= 0 and end + end_len <= self._max_total:
-                body = bytes(self._buf[: end - cs])
-                if checksum_bytes(spec.checksum, body, spec.checksum_order) == self._buf[end - cs : end]:
-                    found = end
-                    break
-                failed_at = end
-                after = end + end_len
-                if self._buf[after : after + start_len] == spec.start:
-                    break
-                end = self._buf.find(spec.end, end + 1)
-            if found >= 0:
-                raw = bytes(self._buf[: found + end_len])
-                del self._buf[: found + end_len]
-                self._emit(out, raw, raw[start_len : found - cs])
-                continue
-            if (
-                failed_at >= 0
-                and self._buf[failed_at + end_len : failed_at + end_len + start_len] == spec.start
-            ):
+            verdict, at = self._search()
+            if verdict == "found":
+                raw = bytes(self._buf[: at + end_len])
+                self._drop(at + end_len)
+                self._emit(out, raw, raw[start_len : at - cs])
+            elif verdict == "bad":
                 self.counters.bad_checksums += 1
-                del self._buf[: failed_at + end_len]
-                continue
-            if len(self._buf) >= self._max_total:
-                if failed_at >= 0:
+                self._drop(at)
+            elif len(self._buf) >= self._max_total:
+                if self._any_failed:
                     self.counters.bad_checksums += 1
                 else:
                     self.counters.overlong += 1
-                del self._buf[:start_len]
-                continue
-            return out
+                self._drop(start_len)
+            else:
+                return out
+
+    def _search(self) -> tuple[str, int]:
+        """("found", end), ("bad", where the next start is) or ("wait", 0) for the frame at the head."""
+        spec, cs = self.spec, self._cs
+        start_len, end_len = len(spec.start), len(spec.end)
+        while True:
+            if self._failed_at >= 0:
+                after = self._failed_at + end_len
+                following = bytes(self._buf[after : after + start_len])
+                if following == spec.start:
+                    return "bad", after
+                if len(following) < start_len and spec.start.startswith(following):
+                    return "wait", 0
+                self._failed_at = -1
+            end = self._buf.find(spec.end, self._scan)
+            if end < 0 or end + end_len > self._max_total:
+                # Next time, look again only where an end marker may have been cut by the read.
+                self._scan = max(self._scan, len(self._buf) - end_len + 1)
+                return "wait", 0
+            self._scan = end + 1
+            if self._running.upto(self._buf, end - cs) == self._buf[end - cs : end]:
+                return "found", end
+            self._failed_at = end
+            self._any_failed = True
 
 
 class LengthFramer(Framer):
