@@ -365,7 +365,8 @@ async def test_port_missing_at_start_is_logged_once_and_picked_up_when_it_appear
             pty.close()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [
-        f"serial[weather]: cannot open {link}: No such file or directory; retrying every 0.05s up to 0.2s"
+        f"serial[weather]: cannot open {link}: No such file or directory;"
+        " retrying in 0.05s, backing off up to 0.2s"
     ]
 
 

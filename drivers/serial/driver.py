@@ -64,7 +64,7 @@ def open_port(device: str, spec: PortSpec) -> serial.Serial:
         )
     try:
         port.open()
-    except (serial.SerialException, OSError, ValueError) as exc:
+    except (serial.SerialException, OSError, ValueError, termios.error) as exc:
         raise DeviceUnavailable(device, f"cannot open {spec.path}: {_reason(exc)}") from exc
     return port
 
@@ -169,7 +169,7 @@ class SerialDriver:
                     failures += 1
                     if not down:
                         log.error(
-                            "%s: %s; retrying every %gs up to %gs",
+                            "%s: %s; retrying in %gs, backing off up to %gs",
                             self.name,
                             exc.detail,
                             backoff,
@@ -182,13 +182,10 @@ class SerialDriver:
                     backoff = min(backoff * 2, spec.retry_max)
                     continue
                 if down:
-                    log.info(
-                        "%s: recovered: %s open again after %d failed attempt%s",
-                        self.name,
-                        spec.port.path,
-                        failures,
-                        "" if failures == 1 else "s",
+                    attempts = (
+                        f" after {failures} failed attempt{'' if failures == 1 else 's'}" if failures else ""
                     )
+                    log.info("%s: recovered: %s open again%s", self.name, spec.port.path, attempts)
                 else:
                     log.info(
                         "%s: opened %s at %d baud (%s mode)",
@@ -204,6 +201,11 @@ class SerialDriver:
                     log.error(
                         "%s: %s; reopening with backoff up to %gs", self.name, exc.detail, spec.retry_max
                     )
+                    down = True
+                except Exception:
+                    # Not a fault we know, but one device must not take the gateway down with it: log it
+                    # with its traceback and start over like after an unplug.
+                    log.exception("%s: unexpected error; reopening with backoff", self.name)
                     down = True
                 finally:
                     await self._release()
