@@ -396,3 +396,36 @@ async def test_a_streaming_sensor_that_falls_silent_turns_its_points_bad_once(
     assert sink.batches[2][0].value == 22.0
     assert logged(caplog, "no frame for 0.2s", logging.WARNING) == 1
     assert logged(caplog, "serial[weather]: frames arrive again", logging.INFO) == 1
+
+
+async def test_polled_replies_that_make_no_sense_are_bad_and_a_command_that_answers_again_is_logged(
+    pty: Pty, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    answers: dict[bytes, bytes | None] = {
+        b"W\r\n": b"E01 OVERLOAD\r\n",
+        b"T?\r\n": b"T=\xb023\r\n",
+        b"\x1bS": None,
+    }
+    scale = Responder(pty, answers)
+    driver = SerialDriver(device_from_toml("scale", SCALE_TOML.format(path=pty.path)))
+    sink = Collector()
+    try:
+        async with running(driver, sink):
+            await wait_for(lambda: len(sink.batches) >= 3, what="one poll of every command")
+            answers[b"\x1bS"] = b"ST,GS,1 kg\r\n"
+            await wait_for(
+                lambda: 1 in sink.values("serial") or "ST" in sink.values("serial"), what="an answer"
+            )
+    finally:
+        scale.stop()
+
+    assert [(r.point, r.quality, r.reason) for b in sink.batches[:3] for r in b] == [
+        ("weight", Quality.BAD, "unparsable reply"),
+        ("stable", Quality.BAD, "unparsable reply"),
+        ("temperature", Quality.BAD, "undecodable reply"),
+        ("serial", Quality.BAD, "no reply within 0.1s"),
+    ]
+    assert logged(caplog, "serial[scale]: command 'serial_number' answered again", logging.INFO) == 1
+    assert driver.counters["unparsable"] >= 1
+    assert driver.counters["undecodable"] >= 1
