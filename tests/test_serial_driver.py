@@ -191,7 +191,7 @@ parser = {{ kind = "regex", pattern = '^(?P<status>ST|US),GS,\s*(?P<weight>[-+]?
 [devices.scale.commands.weight]
 send = "W\r\n"
 interval = 0.05
-timeout = 0.5
+timeout = 2.0
 points = [
   {{ name = "weight", field = "weight", unit = "kg" }},
   {{ name = "stable", field = "status", type = "string" }},
@@ -200,7 +200,7 @@ points = [
 [devices.scale.commands.temperature]
 send = "T?\r\n"
 interval = 0.05
-timeout = 0.5
+timeout = 2.0
 parser = {{ kind = "keyvalue", separator = ";" }}
 points = [{{ name = "temperature", field = "T", unit = "degC" }}]
 
@@ -375,7 +375,7 @@ async def test_a_streaming_sensor_that_falls_silent_turns_its_points_bad_once(
 ) -> None:
     caplog.set_level(logging.DEBUG, LOGGER)
     toml = WEATHER_TOML.format(path=pty.path).replace(
-        'driver = "serial"', 'driver = "serial"\nsilence_timeout = 0.2'
+        'driver = "serial"', 'driver = "serial"\nsilence_timeout = 0.5'
     )
     driver = SerialDriver(device_from_toml("weather", toml))
     sink = Collector()
@@ -385,16 +385,16 @@ async def test_a_streaming_sensor_that_falls_silent_turns_its_points_bad_once(
         await wait_for(lambda: len(sink.batches) == 2, what="a reading, then the silence")
         # Noise is not talking: the points stay BAD and nothing more is emitted for them.
         pty.write(b"\x00\x00")
-        await wait_for(lambda: logged(caplog, "no frame for 0.2s") == 1, what="the warning")
+        await wait_for(lambda: logged(caplog, "no frame for 0.5s") == 1, what="the warning")
         pty.write(b"WS1,22.0,44,101280,3.1\n")
         await wait_for(lambda: len(sink.batches) == 3, what="the sensor talking again")
 
     silence = sink.batches[1]
     assert [(r.point, r.value, r.quality, r.reason) for r in silence] == [
-        (p, None, Quality.BAD, "no data for 0.2s") for p in ("temperature", "humidity", "pressure", "wind")
+        (p, None, Quality.BAD, "no data for 0.5s") for p in ("temperature", "humidity", "pressure", "wind")
     ]
     assert sink.batches[2][0].value == 22.0
-    assert logged(caplog, "no frame for 0.2s", logging.WARNING) == 1
+    assert logged(caplog, "no frame for 0.5s", logging.WARNING) == 1
     assert logged(caplog, "serial[weather]: frames arrive again", logging.INFO) == 1
 
 
