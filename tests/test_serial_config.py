@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import tomllib
+from importlib.metadata import entry_points
 
 import pytest
 
 from drivers.serial import plugin
+from drivers.serial.commands import register
 from drivers.serial.config import (
     CommandSpec,
     DelimitedFraming,
@@ -22,6 +24,7 @@ from drivers.serial.config import (
     StructParser,
 )
 from gateway.model import DeviceInfo, PointInfo
+from gateway.registry import load_driver
 from gateway.schema import Problems, Table
 
 
@@ -258,3 +261,9 @@ points = [{ name = "v", field = "v" }]
         "gw.toml: devices.x.framing.max_length = 1000: checksummed frames without a header may be at most"
         " 256 bytes; add a header"
     ]
+
+
+def test_the_plugin_and_its_command_are_registered_as_entry_points() -> None:
+    assert load_driver("serial") is plugin
+    (command,) = [ep for ep in entry_points(group="fieldgate.commands") if ep.name == "serial"]
+    assert command.load() is register
