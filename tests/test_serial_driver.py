@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import struct
+import termios
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,8 +18,10 @@ from pathlib import Path
 import pytest
 from serial_helpers import Collector, Pty, Responder, device_from_toml, wait_for
 
-from drivers.serial.driver import SerialDriver
+from drivers.serial.config import PortSpec, RS485Spec
+from drivers.serial.driver import SerialDriver, open_port
 from drivers.serial.framing import checksum_bytes, nmea_sentence
+from gateway.errors import DeviceUnavailable
 from gateway.model import Quality
 
 LOGGER = "fieldgate.serial"
@@ -429,3 +432,26 @@ async def test_polled_replies_that_make_no_sense_are_bad_and_a_command_that_answ
     assert logged(caplog, "serial[scale]: command 'serial_number' answered again", logging.INFO) == 1
     assert driver.counters["unparsable"] >= 1
     assert driver.counters["undecodable"] >= 1
+
+
+# -- port settings -------------------------------------------------------------------------------------------
+def test_port_settings_reach_the_tty(pty: Pty) -> None:
+    port = open_port("gas", PortSpec(pty.path, 19200, 7, "E", 2, rtscts=True))
+    try:
+        _, _, cflag, _, ispeed, ospeed, _ = termios.tcgetattr(port.fileno())
+        settings = (port.baudrate, port.bytesize, port.parity, port.stopbits, port.rtscts, port.xonxoff)
+    finally:
+        port.close()
+    assert settings == (19200, 7, "E", 2, True, False)
+    # What the tty itself keeps (a pty always stores 8 data bits without parity, so those two are not seen).
+    assert (ispeed, ospeed) == (termios.B19200, termios.B19200)
+    assert cflag & termios.CSTOPB
+    assert cflag & termios.CRTSCTS
+
+
+def test_rs485_direction_control_on_an_adapter_without_it_is_a_clear_error(pty: Pty) -> None:
+    with pytest.raises(DeviceUnavailable) as raised:
+        open_port("scale", PortSpec(pty.path, rs485=RS485Spec()))
+    assert str(raised.value) == (
+        f"scale: cannot open {pty.path}: Failed to set RS485 mode: [Errno 25] Inappropriate ioctl for device"
+    )
