@@ -86,6 +86,23 @@ def test_nmea_gga_and_rmc() -> None:
     assert (rmc["speed"], rmc["course"], rmc["valid"], rmc["magnetic_variation"]) == (0.5, 54.7, True, 20.3)
     assert rmc["RMC.latitude"] == pytest.approx(49.274166667)
 
+    vtg = parse(NmeaParser(), b"$GPVTG,054.7,T,034.4,M,005.5,N,010.2,K*48")
+    assert isinstance(vtg, dict)
+    assert (vtg["course"], vtg["course_magnetic"], vtg["speed"], vtg["VTG.speed_kmh"]) == (
+        54.7,
+        34.4,
+        5.5,
+        10.2,
+    )
+    gll = parse(NmeaParser(), b"$GPGLL,4916.45,N,12311.12,W,225444,A,*1D")
+    assert isinstance(gll, dict)
+    assert (gll["GLL.latitude"], gll["longitude"], gll["time"], gll["valid"]) == (
+        pytest.approx(49.274166667),
+        pytest.approx(-123.185333333),
+        "22:54:44",
+        True,
+    )
+
     no_fix = parse(NmeaParser(), nmea_sentence(b"GPRMC,225446,V,,,,,,,191194,,"))
     assert isinstance(no_fix, dict)
     assert (no_fix["latitude"], no_fix["valid"]) == (None, False)
@@ -156,7 +173,7 @@ POINTS = tuple(
 
 nmea_like = st.builds(
     lambda kind, fields: b"$GP" + kind + b"," + ",".join(fields).encode(),
-    st.sampled_from([b"GGA", b"RMC", b"GSV"]),
+    st.sampled_from([b"GGA", b"RMC", b"VTG", b"GLL", b"GSV"]),
     st.lists(st.text(alphabet="0123456789.-+NSEWAVM eE", max_size=12), max_size=14),
 )
 

@@ -53,6 +53,8 @@ NMEA_FIELDS: dict[str, tuple[str, ...]] = {
         "utc",
         "magnetic_variation",
     ),
+    "VTG": ("course", "course_magnetic", "speed", "speed_kmh"),
+    "GLL": ("latitude", "longitude", "time", "status", "valid"),
 }
 NMEA_ALL_FIELDS = frozenset(
     {"sentence"}

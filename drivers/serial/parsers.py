@@ -244,7 +244,32 @@ def _rmc(f: list[str]) -> Fields:
     }
 
 
-_SENTENCES: dict[str, Callable[[list[str]], Fields]] = {"GGA": _gga, "RMC": _rmc}
+def _vtg(f: list[str]) -> Fields:
+    if len(f) < 9:
+        raise _Malformed
+    return {
+        "course": _nmea_float(f[1]),
+        "course_magnetic": _nmea_float(f[3]),
+        "speed": _nmea_float(f[5]),
+        "speed_kmh": _nmea_float(f[7]),
+    }
+
+
+def _gll(f: list[str]) -> Fields:
+    if len(f) < 7:
+        raise _Malformed
+    if f[6] not in ("A", "V", ""):
+        raise _Malformed
+    return {
+        "latitude": _nmea_coordinate(f[1], f[2], "N", "S", 90),
+        "longitude": _nmea_coordinate(f[3], f[4], "E", "W", 180),
+        "time": _nmea_time(f[5]),
+        "status": f[6] or None,
+        "valid": f[6] == "A",
+    }
+
+
+_SENTENCES: dict[str, Callable[[list[str]], Fields]] = {"GGA": _gga, "RMC": _rmc, "VTG": _vtg, "GLL": _gll}
 
 
 def nmea_parser(spec: NmeaParser) -> Parse:
