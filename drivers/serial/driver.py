@@ -220,7 +220,9 @@ class SerialDriver:
     async def _open(self) -> serial.Serial:
         # Blocking open in a worker thread; if we are cancelled meanwhile, the port the thread still
         # opens is closed when it arrives instead of leaking its descriptor.
-        task = asyncio.ensure_future(asyncio.to_thread(open_port, self.name, self.spec.port))
+        task = asyncio.create_task(
+            asyncio.to_thread(open_port, self.name, self.spec.port), name=f"{self.name}.open"
+        )
         try:
             port = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -388,7 +390,7 @@ def _set_once(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _close_late(task: asyncio.Future[serial.Serial]) -> None:
+def _close_late(task: asyncio.Task[serial.Serial]) -> None:
     # A port opened a moment ago has no output queued, so this close does not wait for a drain.
     if not task.cancelled() and task.exception() is None:
         task.result().close()
