@@ -173,10 +173,14 @@ class LineFramer(Framer):
 
     def feed(self, data: bytes) -> list[Frame]:
         out: list[Frame] = []
-        self._buf += data
         term = self.spec.terminator
+        # The bytes kept from earlier reads hold no terminator (short of one cut by the read): search
+        # only from there, so a slow sensor's long line is not rescanned on every read.
+        scan = max(0, len(self._buf) - (len(term) - 1))
+        self._buf += data
         while True:
-            index = self._buf.find(term)
+            index = self._buf.find(term, scan)
+            scan = 0
             if index < 0:
                 if len(self._buf) > self.spec.max_length:
                     if not self._discarding:
