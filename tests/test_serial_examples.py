@@ -96,3 +96,20 @@ async def test_demo_config_reads_every_simulated_sensor(
     assert all(r.quality is Quality.GOOD for r in sink.readings if r.device != "scale")
     assert {r.device for r in sink.readings} == {"gps", "weather", "scale"}
     assert not list((tmp_path / "deploy/.demo").iterdir())
+
+
+def test_the_toml_examples_in_the_docs_are_valid() -> None:
+    text = (ROOT / "docs" / "serial.md").read_text()
+    examples = text.split("### Examples", 1)[1].split("### Commissioning", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in examples.split("```toml\n")[1:]]
+    assert len(blocks) == 5
+    for i, block in enumerate(blocks):
+        data = tomllib.loads(block)
+        problems = Problems(f"docs/serial.md, example {i + 1}")
+        devices = []
+        for name, table in data["devices"].items():
+            t = Table(table, f"devices.{name}", problems)
+            t.consume("driver")
+            devices.append((name, t))
+        plugin.parse(None, devices)
+        assert problems.lines == []
