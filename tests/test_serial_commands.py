@@ -101,3 +101,43 @@ def test_watch_reports_config_mistakes_and_exits_2(
     args = parser.parse_args(["serial", "watch", "--config", str(config), "--device", "nope"])
     assert args.handler(args) == 2
     assert capsys.readouterr().err == f"{config}: no [devices.nope] table\n"
+
+
+SCALE = r"""
+[devices.scale]
+driver = "serial"
+port = "{path}"
+mode = "polled"
+framing = {{ kind = "line", terminator = "\r\n" }}
+parser = {{ kind = "regex", pattern = '(?P<weight>[-0-9.]+) kg' }}
+
+[devices.scale.commands.weight]
+send = "W\r\n"
+interval = 0.05
+timeout = 2.0
+points = [{{ name = "weight", field = "weight", unit = "kg" }}]
+"""
+
+
+def test_watch_a_polled_device_sends_its_commands_and_shows_the_replies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pty = Pty()
+    config = tmp_path / "gateway.toml"
+    config.write_text(SCALE.format(path=pty.path))
+    heard = bytearray()
+
+    def scale() -> None:
+        heard.extend(pty.read())
+        while b"W\r\n" in heard:
+            del heard[: heard.index(b"W\r\n") + 3]
+            pty.write(b"  12.345 kg\r\n")
+
+    try:
+        code = run_watch(["--config", str(config), "--device", "scale", "--count", "2"], scale)
+    finally:
+        pty.close()
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert [line.split(" ", 1)[1] for line in (out[0], out[2])] == ["  12.345 kg", "  12.345 kg"]
+    assert out[1] == out[3] == "  weight = 12.345 kg"
