@@ -1,0 +1,396 @@
+"""The serial device driver: opens the port, cuts the byte stream into frames and emits readings.
+
+I/O design: the port is opened in a worker thread (pyserial's open does termios/ioctl/flock calls and a
+USB adapter can stall them), then its file descriptor - which pyserial leaves non-blocking - is watched
+with ``loop.add_reader``. Reading that way needs no thread per device and no queue between a reader
+thread and the loop: each chunk is framed, parsed and emitted right in the callback (all pure, bounded
+work), cancellation is immediate, and a hang-up (EIO or end of file) is seen in the same place as the data.
+The kernel's tty buffer is the only buffer ahead of the framer, so nothing here can grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import termios
+import time
+from collections.abc import Callable
+from typing import Any
+
+import serial
+from serial.rs485 import RS485Settings
+
+from drivers.serial.config import CommandSpec, DeviceSpec, PortSpec
+from drivers.serial.framing import Counters, Frame, Framer, build_framer
+from drivers.serial.parsers import FramePlan, Rejected, build_plan
+from gateway.errors import DeviceTimeout, DeviceUnavailable
+from gateway.model import Reading, ReadingSink
+
+log = logging.getLogger("fieldgate.serial")
+
+FrameObserver = Callable[[Frame], None]
+_READ_SIZE = 4096
+
+
+def _reason(exc: BaseException) -> str:
+    errno = getattr(exc, "errno", None)
+    if isinstance(errno, int) and errno:
+        return os.strerror(errno)
+    return str(exc) or type(exc).__name__
+
+
+def open_port(device: str, spec: PortSpec) -> serial.Serial:
+    """Open and configure the port. Blocking: call it through ``asyncio.to_thread``."""
+    port = serial.Serial()
+    port.port = spec.path
+    port.baudrate = spec.baudrate
+    port.bytesize = spec.bytesize
+    port.parity = spec.parity
+    port.stopbits = spec.stopbits
+    port.rtscts = spec.rtscts
+    port.xonxoff = spec.xonxoff
+    port.timeout = 0
+    # Another process reading the same port (a forgotten gpsd or minicom) would steal bytes at random.
+    port.exclusive = True
+    if spec.rs485 is not None:
+        rs = spec.rs485
+        port.rs485_mode = RS485Settings(
+            rts_level_for_tx=rs.rts_level_for_tx,
+            rts_level_for_rx=rs.rts_level_for_rx,
+            loopback=rs.loopback,
+            delay_before_tx=rs.delay_before_tx,
+            delay_before_rx=rs.delay_before_rx,
+        )
+    try:
+        port.open()
+    except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+        raise DeviceUnavailable(device, f"cannot open {spec.path}: {_reason(exc)}") from exc
+    return port
+
+
+class _Link:
+    """An open port's descriptor watched by the loop; ``lost`` resolves with the reason it went away."""
+
+    def __init__(self, device: str, port: serial.Serial, on_data: Callable[[bytes], None]) -> None:
+        self.device = device
+        self.port = port
+        self.fd = port.fileno()
+        self.on_data = on_data
+        self.loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[str] = self.loop.create_future()
+        self.loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(f"read failed on {self.port.port}: {_reason(exc)}")
+            return
+        if not data:
+            self._fail(f"{self.port.port} hung up (unplugged?)")
+            return
+        self.on_data(data)
+
+    def _fail(self, reason: str) -> None:
+        self.loop.remove_reader(self.fd)
+        if not self.lost.done():
+            self.lost.set_result(reason)
+
+    def check(self) -> None:
+        if self.lost.done():
+            raise DeviceUnavailable(self.device, self.lost.result())
+
+    async def write(self, data: bytes, deadline: float) -> None:
+        """Write all of ``data``, waiting for room (flow control) until ``deadline`` (loop time)."""
+        view = memoryview(data)
+        while view:
+            self.check()
+            try:
+                view = view[os.write(self.fd, view) :]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self._fail(f"write failed on {self.port.port}: {_reason(exc)}")
+                self.check()
+            if not view:
+                return
+            room: asyncio.Future[None] = self.loop.create_future()
+            self.loop.add_writer(self.fd, _set_once, room)
+            try:
+                await asyncio.wait(_either(room, self.lost), timeout=max(0.0, deadline - self.loop.time()))
+            finally:
+                self.loop.remove_writer(self.fd)
+            if not room.done() and not self.lost.done():
+                raise DeviceTimeout(self.device, f"{self.port.port} did not take the command (flow control?)")
+
+    def close(self) -> None:
+        if not self.lost.done():
+            self.loop.remove_reader(self.fd)
+            self.lost.cancel()
+
+
+class SerialDriver:
+    """One serial device: ``serial[<name>]``."""
+
+    def __init__(self, spec: DeviceSpec, *, frame_observer: FrameObserver | None = None) -> None:
+        self.spec = spec
+        self._name = f"serial[{spec.name}]"
+        self._observer = frame_observer
+        self._counters = Counters()
+        self._port: serial.Serial | None = None
+        self._silent: set[str] = set()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def settings(self) -> DeviceSpec:
+        return self.spec
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Frames received and dropped (garbage bytes, over-long, bad checksums, undecodable, ...)."""
+        return self._counters.snapshot()
+
+    async def run(self, emit: ReadingSink) -> None:
+        spec = self.spec
+        backoff = spec.retry_initial
+        failures = 0
+        down = False
+        try:
+            while True:
+                try:
+                    port = await self._open()
+                except DeviceUnavailable as exc:
+                    failures += 1
+                    if not down:
+                        log.error(
+                            "%s: %s; retrying in %gs, backing off up to %gs",
+                            self.name,
+                            exc.detail,
+                            backoff,
+                            spec.retry_max,
+                        )
+                        down = True
+                    else:
+                        log.debug("%s: still unavailable (attempt %d): %s", self.name, failures, exc.detail)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, spec.retry_max)
+                    continue
+                if down:
+                    attempts = (
+                        f" after {failures} failed attempt{'' if failures == 1 else 's'}" if failures else ""
+                    )
+                    log.info("%s: recovered: %s open again%s", self.name, spec.port.path, attempts)
+                else:
+                    log.info(
+                        "%s: opened %s at %d baud (%s mode)",
+                        self.name,
+                        spec.port.path,
+                        spec.port.baudrate,
+                        spec.mode,
+                    )
+                down, failures, backoff = False, 0, spec.retry_initial
+                try:
+                    await self._serve(port, emit)
+                except DeviceUnavailable as exc:
+                    log.error(
+                        "%s: %s; reopening with backoff up to %gs", self.name, exc.detail, spec.retry_max
+                    )
+                    down = True
+                except Exception:
+                    # Not a fault we know, but one device must not take the gateway down with it: log it
+                    # with its traceback and start over like after an unplug.
+                    log.exception("%s: unexpected error; reopening with backoff", self.name)
+                    down = True
+                finally:
+                    await self._release()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, spec.retry_max)
+        finally:
+            await self._release()
+
+    async def close(self) -> None:
+        await self._release()
+
+    async def _open(self) -> serial.Serial:
+        # Blocking open in a worker thread; if we are cancelled meanwhile, the port the thread still
+        # opens is closed when it arrives instead of leaking its descriptor.
+        task = asyncio.create_task(
+            asyncio.to_thread(open_port, self.name, self.spec.port), name=f"{self.name}.open"
+        )
+        try:
+            port = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_close_late)
+            raise
+        self._port = port
+        return port
+
+    async def _release(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            # A tty close may wait for unsent output to drain (flow control): keep it off the loop.
+            await asyncio.to_thread(port.close)
+
+    def _observe(self, frame: Frame) -> None:
+        if self._observer is not None:
+            self._observer(frame)
+
+    async def _serve(self, port: serial.Serial, emit: ReadingSink) -> None:
+        if self.spec.mode == "polled":
+            await self._poll(port, emit)
+        else:
+            await self._stream(port, emit)
+
+    async def _stream(self, port: serial.Serial, emit: ReadingSink) -> None:
+        spec = self.spec
+        framer = build_framer(spec.framing, self._counters)
+        plan = (
+            build_plan(self.spec.name, spec.parser, spec.points, self._counters, missing_is_bad=False)
+            if spec.parser is not None
+            else None
+        )
+
+        loop = asyncio.get_running_loop()
+        last_frame = loop.time()
+        silent = False
+
+        def on_data(data: bytes) -> None:
+            nonlocal last_frame, silent
+            now = time.time()
+            frames = framer.feed(data)
+            if frames:
+                last_frame = loop.time()
+                if silent:
+                    silent = False
+                    log.info("%s: frames arrive again", self.name)
+            for frame in frames:
+                self._observe(frame)
+                if plan is None:
+                    continue
+                readings = plan.readings(frame.payload, now)
+                if isinstance(readings, list) and readings:
+                    emit(readings)
+
+        link = _Link(self.name, port, on_data)
+        try:
+            limit = spec.silence_timeout
+            while not link.lost.done():
+                if limit is None:
+                    await asyncio.shield(link.lost)
+                    break
+                left = last_frame + limit - loop.time()
+                if left > 0:
+                    await asyncio.wait({link.lost}, timeout=left)
+                    continue
+                if not silent:
+                    # Bytes may still arrive (noise on a cut line): only whole frames count as talking.
+                    silent = True
+                    log.warning(
+                        "%s: no frame for %gs; its points are BAD until it talks again", self.name, limit
+                    )
+                    if plan is not None and plan.points:
+                        emit(plan.all_bad(time.time(), f"no data for {limit:g}s"))
+                await asyncio.wait({link.lost}, timeout=limit)
+            link.check()
+        finally:
+            link.close()
+
+    async def _poll(self, port: serial.Serial, emit: ReadingSink) -> None:
+        loop = asyncio.get_running_loop()
+        plans: list[tuple[CommandSpec, Framer, FramePlan]] = [
+            (
+                cmd,
+                build_framer(cmd.framing, self._counters),
+                build_plan(self.spec.name, cmd.parser, cmd.points, self._counters, missing_is_bad=True),
+            )
+            for cmd in self.spec.commands
+        ]
+        due = [loop.time()] * len(plans)
+        waiting: list[tuple[Framer, asyncio.Future[Frame]]] = []
+
+        def on_data(data: bytes) -> None:
+            if not waiting:
+                self._counters.unsolicited_bytes += len(data)
+                return
+            framer, reply = waiting[0]
+            for frame in framer.feed(data):
+                if not reply.done():
+                    reply.set_result(frame)
+
+        link = _Link(self.name, port, on_data)
+        try:
+            while True:
+                index = min(range(len(plans)), key=due.__getitem__)
+                cmd, framer, plan = plans[index]
+                delay = due[index] - loop.time()
+                if delay > 0:
+                    await asyncio.wait({link.lost}, timeout=delay)
+                link.check()
+                # tcflush is one ioctl that does not wait: fine on the loop. It drops a late answer to
+                # the previous command so it cannot pass for this one's.
+                try:
+                    port.reset_input_buffer()
+                except (OSError, termios.error, serial.SerialException) as exc:
+                    raise DeviceUnavailable(self.name, f"{port.port}: {_reason(exc)}") from exc
+                framer.reset()
+                reply: asyncio.Future[Frame] = loop.create_future()
+                waiting.append((framer, reply))
+                try:
+                    await link.write(cmd.send, loop.time() + cmd.timeout)
+                    await asyncio.wait(
+                        _either(reply, link.lost), timeout=cmd.timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                except DeviceTimeout:
+                    pass
+                finally:
+                    waiting.clear()
+                link.check()
+                emit(self._answer(cmd, plan, reply))
+                due[index] = max(due[index] + cmd.interval, loop.time())
+        finally:
+            link.close()
+
+    def _answer(self, cmd: CommandSpec, plan: FramePlan, reply: asyncio.Future[Frame]) -> list[Reading]:
+        now = time.time()
+        if not reply.done():
+            reply.cancel()
+            self._counters.timeouts += 1
+            if cmd.name not in self._silent:
+                self._silent.add(cmd.name)
+                log.warning(
+                    "%s: no reply to command %r within %gs; its points are BAD until it answers",
+                    self.name,
+                    cmd.name,
+                    cmd.timeout,
+                )
+            return plan.all_bad(now, f"no reply within {cmd.timeout:g}s")
+        if cmd.name in self._silent:
+            self._silent.discard(cmd.name)
+            log.info("%s: command %r answered again", self.name, cmd.name)
+        frame = reply.result()
+        self._observe(frame)
+        readings = plan.readings(frame.payload, now)
+        if isinstance(readings, Rejected):
+            return plan.all_bad(now, f"{readings.value} reply")
+        return readings
+
+
+def _either(*futures: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
+    return set(futures)
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _close_late(task: asyncio.Task[serial.Serial]) -> None:
+    # A port opened a moment ago has no output queued, so this close does not wait for a drain.
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
