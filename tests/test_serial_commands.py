@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from serial_helpers import Pty
+from tests.serial_helpers import Pty
 
 from drivers.serial.commands import register
 

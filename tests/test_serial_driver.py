@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from serial_helpers import Collector, Pty, Responder, device_from_toml, wait_for
+from tests.serial_helpers import Collector, Pty, Responder, device_from_toml, wait_for
 
 from drivers.serial.config import PortSpec, RS485Spec
 from drivers.serial.driver import SerialDriver, open_port

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from serial_helpers import Collector, wait_for
+from tests.serial_helpers import Collector, wait_for
 
 from drivers.serial import SerialConfig, plugin
 from gateway.model import Quality
