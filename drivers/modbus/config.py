@@ -269,6 +269,8 @@ class _MapDraft:
     max_gap: int | None
     forbidden: tuple[AddressRange, ...]
     points: tuple[_PointDraft, ...]
+    #: Point tables present, valid or not (so a map whose points all failed is not also called empty).
+    declared: int
 
 
 def _read_map(t: Table) -> _MapDraft:
@@ -293,7 +295,8 @@ def _read_map(t: Table) -> _MapDraft:
         else:
             forbidden.append(parsed)
     drafts: list[_PointDraft] = []
-    for pname, pt in t.named_tables("points"):
+    point_tables = t.named_tables("points")
+    for pname, pt in point_tables:
         draft = _read_point(pname, pt, order or Order.ABCD)
         if draft is not None:
             drafts.append(draft)
@@ -307,6 +310,7 @@ def _read_map(t: Table) -> _MapDraft:
         max_gap,
         tuple(forbidden),
         tuple(drafts),
+        len(point_tables),
     )
 
 
@@ -513,7 +517,8 @@ def _resolve_map(
                 )
                 ok = False
         points.append(_with_interval(p, p_interval))
-    if not points and ok:
+    declared = own.declared + (profile.declared if profile else 0)
+    if not points and ok and declared == 0:
         device.problem("points", "the device has no points (give points or a profile that has them)")
         ok = False
     return (tuple(points), limits) if ok else None

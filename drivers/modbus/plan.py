@@ -64,7 +64,7 @@ class DevicePlan:
         points = sum(len(r.points) for r in reqs)
         parts = [f"{len(reqs)} request{'s' if len(reqs) != 1 else ''}", f"{registers} registers"]
         if bits:
-            parts.append(f"{bits} bits")
+            parts.append(f"{bits} bit{'s' if bits != 1 else ''}")
         parts.append(f"{points} points")
         intervals = ", ".join(f"{g.interval:g}s: {len(g.requests)}" for g in self.groups)
         return ", ".join(parts) + f" (per interval {intervals})"
