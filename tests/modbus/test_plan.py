@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.modbus.codec import DataType
-from drivers.modbus.config import AddressRange, Device, Limits, Point, RegisterTable
+from drivers.modbus.config import AddressRange, Limits, Point, RegisterTable
 from drivers.modbus.plan import compile_plan, one_request_per_point, plan_requests
 
 from .helpers import parse
