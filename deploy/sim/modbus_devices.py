@@ -43,10 +43,21 @@ class Faults:
     silent: set[int] = field(default_factory=set)
     corrupt: set[int] = field(default_factory=set)
     answered: dict[int, int] = field(default_factory=dict)
+    connections: int = 0
+    open_connections: int = 0
+
+    def on_connect(self, up: bool) -> None:
+        if up:
+            self.connections += 1
+            self.open_connections += 1
+        else:
+            self.open_connections -= 1
 
     def _unit(self, frame: bytes) -> int:
         if self.framer == "socket":
             return frame[6] if len(frame) > 6 else -1
+        if self.framer == "ascii":
+            return int(frame[1:3], 16) if len(frame) > 3 else -1
         return frame[0] if frame else -1
 
     def trace(self, sending: bool, data: bytes) -> bytes:
@@ -110,27 +121,62 @@ def refuse(
     return act
 
 
+@dataclass
+class Slowness:
+    """Counts requests being answered at the same moment by slow devices (to see concurrency)."""
+
+    in_flight: int = 0
+    most: int = 0
+
+
+def slow(seconds: float, stats: Slowness) -> Callable[..., object]:
+    """A device action that takes ``seconds`` to answer every request."""
+
+    async def act(*_args: object) -> None:
+        stats.in_flight += 1
+        stats.most = max(stats.most, stats.in_flight)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            stats.in_flight -= 1
+
+    return act
+
+
 # -------------------------------------------------------------------------------------------------
 # servers
 
 
 async def start_tcp(
-    devices: Sequence[SimDevice], faults: Faults, *, host: str = "127.0.0.1", port: int = 0
+    devices: Sequence[SimDevice],
+    faults: Faults,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    framer: str = "socket",
 ) -> tuple[ModbusTcpServer, int]:
-    """A Modbus TCP server; ``port=0`` picks a free one. Returns the server and its port."""
-    faults.framer = "socket"
-    server = ModbusTcpServer(list(devices), address=(host, port), trace_packet=faults.trace)
+    """A Modbus TCP server (``framer="rtu"``: a serial device server); ``port=0`` picks a free port."""
+    faults.framer = framer
+    server = ModbusTcpServer(
+        list(devices),
+        address=(host, port),
+        framer=FramerType(framer),
+        trace_packet=faults.trace,
+        trace_connect=faults.on_connect,
+    )
     await server.serve_forever(background=True)
     sockets = server.transport.sockets  # type: ignore[attr-defined]
     return server, int(sockets[0].getsockname()[1])
 
 
-async def start_rtu(devices: Sequence[SimDevice], path: str, faults: Faults) -> ModbusSerialServer:
-    """An RTU server on the tty ``path``; unknown unit ids stay silent like absent slaves."""
-    faults.framer = "rtu"
+async def start_rtu(
+    devices: Sequence[SimDevice], path: str, faults: Faults, *, framer: str = "rtu"
+) -> ModbusSerialServer:
+    """An RTU (or ASCII) server on the tty ``path``; unknown unit ids stay silent like absent slaves."""
+    faults.framer = framer
     server = ModbusSerialServer(
         list(devices),
-        framer=FramerType.RTU,
+        framer=FramerType(framer),
         port=path,
         baudrate=115200,
         ignore_missing_devices=True,
@@ -213,6 +259,16 @@ def demo_meter(unit: int, phase: float = 0.0) -> SimDevice:
     return device(unit, inputs=[0] * 16, holding=[0] * 16, action=_meter_action(phase))
 
 
+def _make_link(link_dir: Path, target: str) -> Path:
+    """``link_dir/rs485-1`` -> the bus's tty (a few quick filesystem calls before serving starts)."""
+    link_dir.mkdir(parents=True, exist_ok=True)
+    link = link_dir / "rs485-1"
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    link.symlink_to(target)
+    return link
+
+
 async def serve(link_dir: Path | None, tcp_port: int, slaves: int) -> None:
     faults_tcp, faults_bus = Faults(), Faults()
     tcp_server, port = await start_tcp([demo_meter(1)], faults_tcp, host="127.0.0.1", port=tcp_port)
@@ -221,13 +277,7 @@ async def serve(link_dir: Path | None, tcp_port: int, slaves: int) -> None:
     bus_server = await start_rtu(
         [demo_meter(u, phase=u) for u in range(1, slaves + 1)], modem.server_path, faults_bus
     )
-    link = None
-    if link_dir is not None:
-        link_dir.mkdir(parents=True, exist_ok=True)
-        link = link_dir / "rs485-1"
-        with contextlib.suppress(FileNotFoundError):
-            link.unlink()
-        link.symlink_to(modem.client_path)
+    link = _make_link(link_dir, modem.client_path) if link_dir is not None else None
     where = link or modem.client_path
     print(
         f"modbus sim: TCP meter unit 1 on 127.0.0.1:{port}; RS-485 bus {where} -> {modem.client_path} "

@@ -1,4 +1,4 @@
-"""Fixtures: real pymodbus servers (TCP on loopback, RTU over joined pseudo-terminals) from the demo simulator."""
+"""Fixtures: real pymodbus servers (TCP on loopback, RTU over joined ptys) from the demo simulator."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ class Collector:
         self.cycles.append((asyncio.get_running_loop().time(), list(readings)))  # type: ignore[call-overload]
         self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
+        async with asyncio.timeout(within):
             while not predicate():
                 self._changed.clear()
                 await self._changed.wait()

@@ -1,8 +1,9 @@
-"""A Modbus TCP device on loopback: every type and order reads back what the server holds; writes; refusals."""
+"""A Modbus TCP device on loopback: every type and order reads back what the server holds; writes; faults."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import struct
 from collections.abc import AsyncIterator
@@ -297,7 +298,8 @@ async def test_a_server_that_is_down_gives_bad_readings_and_is_logged_once(
     collector: Collector, caplog: pytest.LogCaptureFixture
 ) -> None:
     config, _ = parse(
-        '[devices.gone]\ndriver = "modbus"\nhost = "127.0.0.1"\nport = 1\ninterval = 0.05\n[devices.gone.points.p]\naddress = 0'
+        '[devices.gone]\ndriver = "modbus"\nhost = "127.0.0.1"\nport = 1\ninterval = 0.05\n'
+        "[devices.gone.points.p]\naddress = 0"
     )
     (drv,) = build_drivers(config)
     task = await run_driver(drv, collector)
@@ -310,3 +312,106 @@ async def test_a_server_that_is_down_gives_bad_readings_and_is_logged_once(
         len(errors) == 1
         and "modbus-tcp[127.0.0.1:1]: cannot connect to 127.0.0.1:1 (serving gone)" in errors[0].getMessage()
     )
+
+
+SLOW_PAIR = """
+[drivers.modbus]
+max_connections_per_host = {connections}
+[devices.a]
+driver = "modbus"
+host = "127.0.0.1"
+port = {port}
+unit_id = 1
+interval = 0.1
+[devices.a.points.p]
+address = 0
+[devices.b]
+driver = "modbus"
+host = "127.0.0.1"
+port = {port}
+unit_id = 2
+interval = 0.1
+[devices.b.points.p]
+address = 0
+"""
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+async def test_devices_behind_one_server_share_at_most_the_configured_connections(
+    simulator: ModuleType, collector: Collector, connections: int
+) -> None:
+    stats = simulator.Slowness()
+    faults = simulator.Faults()
+    slaves = [simulator.device(u, holding=[u], action=simulator.slow(0.03, stats)) for u in (1, 2)]
+    server, port = await simulator.start_tcp(slaves, faults)
+    config, problems = parse(SLOW_PAIR.format(port=port, connections=connections))
+    assert problems == []
+    (drv,) = build_drivers(config)
+    task = await run_driver(drv, collector)
+    try:
+        await collector.wait_for(lambda: len(collector.of("a")) >= 5 and len(collector.of("b")) >= 5)
+    finally:
+        await stop(task, drv)
+        await server.shutdown()
+    assert faults.connections == connections
+    # With one connection the two devices take turns; with two they are read at the same time.
+    assert stats.most == connections
+
+
+async def test_a_poll_that_overruns_its_interval_skips_ticks_instead_of_queueing_them(
+    simulator: ModuleType, collector: Collector
+) -> None:
+    stats = simulator.Slowness()
+    server, port = await simulator.start_tcp(
+        [simulator.device(1, action=simulator.slow(0.12, stats))], simulator.Faults()
+    )
+    config, _ = parse(
+        f'[devices.slow]\ndriver = "modbus"\nhost = "127.0.0.1"\nport = {port}\ninterval = 0.05\n'
+        "[devices.slow.points.p]\naddress = 0\n"
+    )
+    (drv,) = build_drivers(config)
+    task = await run_driver(drv, collector)
+    try:
+        await collector.wait_for(lambda: len(collector.of("slow")) >= 5)
+    finally:
+        await stop(task, drv)
+        await server.shutdown()
+    times = [t for t, _ in collector.of("slow")]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # No burst of catch-up polls: every cycle waits for its next own tick after the slow one.
+    assert min(gaps) >= 0.12
+    assert drv.state("slow").skipped_ticks >= 2 * (len(times) - 1)
+
+
+async def test_on_change_points_are_reported_only_when_they_move_beyond_their_deadband(
+    simulator: ModuleType, collector: Collector
+) -> None:
+    async def count_up(
+        fc: int, _start: int, _addr: int, _count: int, regs: list[int], _values: object
+    ) -> None:
+        if fc == 3:
+            regs[0] += 2
+
+    server, port = await simulator.start_tcp(
+        [simulator.device(1, holding=[0, 9], action=count_up)], simulator.Faults()
+    )
+    config, problems = parse(
+        f'[devices.m]\ndriver = "modbus"\nhost = "127.0.0.1"\nport = {port}\ninterval = 0.02\nmax_gap = 0\n'
+        "[devices.m.points.counter]\naddress = 0\non_change = true\ndeadband = 5\n"
+        "[devices.m.points.steady]\naddress = 1\non_change = true\n"
+        "[devices.m.points.always]\naddress = 1\n"
+    )
+    assert problems == []
+    (drv,) = build_drivers(config)
+    task = await run_driver(drv, collector)
+    try:
+        await collector.wait_for(lambda: len(collector.of("m")) >= 12)
+    finally:
+        await stop(task, drv)
+        await server.shutdown()
+    counter = [r.value for _, rs in collector.of("m") for r in rs if r.point == "counter"]
+    steady = [r.value for _, rs in collector.of("m") for r in rs if r.point == "steady"]
+    always = [r.value for _, rs in collector.of("m") for r in rs if r.point == "always"]
+    assert counter[:3] == [2, 8, 14]  # each reported value moved more than 5 from the last reported one
+    assert steady == [9]
+    assert len(always) == len(collector.of("m"))

@@ -1,0 +1,263 @@
+"""Three slaves on one RS-485 bus (RTU over joined pseudo-terminals): one dies, the others keep their pace."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from drivers.modbus.driver import ModbusLinkDriver, build_drivers
+from gateway.model import Quality
+
+from .conftest import Collector
+from .helpers import parse
+
+BUS = """
+[drivers.modbus.buses.rs485-1]
+port = "{port}"
+baudrate = 115200
+timeout = 0.05
+retries = 1
+backoff_max = 0.4
+inter_frame_pause = 0.002
+
+[drivers.modbus.profiles.meter]
+interval = 0.1
+[drivers.modbus.profiles.meter.points.volts]
+table = "input"
+address = 0
+type = "uint16"
+scale = 0.1
+[drivers.modbus.profiles.meter.points.energy]
+table = "input"
+address = 1
+type = "uint32"
+
+[devices.m1]
+driver = "modbus"
+bus = "rs485-1"
+unit_id = 1
+profile = "meter"
+[devices.m2]
+driver = "modbus"
+bus = "rs485-1"
+unit_id = 2
+profile = "meter"
+[devices.m3]
+driver = "modbus"
+bus = "rs485-1"
+unit_id = 3
+profile = "meter"
+"""
+
+
+class Bus:
+    def __init__(self, faults: Any, server: Any, modem: Any) -> None:
+        self.faults = faults
+        self.server = server
+        self.modem = modem
+
+
+@pytest.fixture
+async def bus(simulator: ModuleType, null_modem: Any) -> AsyncIterator[Bus]:
+    faults = simulator.Faults()
+    slaves = [simulator.device(u, inputs=[2300 + u, 0, 1000 * u]) for u in (1, 2, 3)]
+    server = await simulator.start_rtu(slaves, null_modem.server_path, faults)
+    yield Bus(faults, server, null_modem)
+    await server.shutdown()
+
+
+def rate(collector: Collector, device: str, since: float) -> tuple[int, float]:
+    """Poll cycles per second of ``device`` from its emits after ``since`` (first to last)."""
+    times = [t for t, _ in collector.of(device) if t >= since]
+    return len(times), (len(times) - 1) / (times[-1] - times[0])
+
+
+async def start(config_text: str, collector: Collector) -> tuple[ModbusLinkDriver, asyncio.Task[None]]:
+    config, problems = parse(config_text)
+    assert problems == []
+    (drv,) = build_drivers(config)
+    return drv, asyncio.create_task(drv.run(collector), name="test.bus")
+
+
+async def finish(drv: ModbusLinkDriver, task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await drv.close()
+
+
+async def test_three_slaves_share_the_bus_and_read_their_own_values(bus: Bus, collector: Collector) -> None:
+    drv, task = await start(BUS.format(port=bus.modem.client_path), collector)
+    try:
+        await collector.wait_for(lambda: all(len(collector.of(d)) >= 2 for d in ("m1", "m2", "m3")))
+    finally:
+        await finish(drv, task)
+    for unit in (1, 2, 3):
+        got = collector.latest(f"m{unit}")
+        assert got["volts"].value == pytest.approx((2300 + unit) / 10)
+        assert got["energy"].value == 1000 * unit
+    # Two points, adjacent: one request per slave and cycle.
+    assert [len(p.requests) for p in drv.plans()] == [1, 1, 1]
+
+
+async def test_a_silent_slave_is_backed_off_logged_once_and_recovers_while_the_others_keep_their_rate(
+    bus: Bus, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="fieldgate.modbus")
+    drv, task = await start(BUS.format(port=bus.modem.client_path), collector)
+    loop = asyncio.get_running_loop()
+    try:
+        t0 = loop.time()
+        await collector.wait_for(lambda: all(len(collector.of(d)) >= 21 for d in ("m1", "m2")), within=10)
+        baseline = {d: rate(collector, d, t0) for d in ("m1", "m2")}
+
+        bus.faults.silent.add(3)
+        await collector.wait_for(lambda: drv.state("m3").failing)
+        t1 = loop.time()
+        # A window long enough for several backoff rounds of the dead slave (each costs bus time).
+        await collector.wait_for(lambda: drv.state("m3").failed_polls >= 4, within=10)
+        await collector.wait_for(
+            lambda: all(rate(collector, d, t1)[0] >= 21 for d in ("m1", "m2")), within=10
+        )
+        during = {d: rate(collector, d, t1) for d in ("m1", "m2")}
+        dead_cycles = [rs for t, rs in collector.of("m3") if t >= t1]
+
+        bus.faults.silent.discard(3)
+        t2 = loop.time()
+        await collector.wait_for(lambda: not drv.state("m3").failing, within=5)
+        await collector.wait_for(
+            lambda: any(rs[0].quality is Quality.GOOD for t, rs in collector.of("m3") if t >= t2), within=5
+        )
+    finally:
+        await finish(drv, task)
+
+    print("poll rates (cycles, per s): baseline", baseline, "while m3 is silent", during)
+    for d in ("m1", "m2"):
+        assert during[d][1] == pytest.approx(baseline[d][1], rel=0.10), (d, baseline, during)
+        assert during[d][1] == pytest.approx(10.0, rel=0.10)
+        # The survivors never saw a bad reading.
+        assert all(r.quality is Quality.GOOD for _, rs in collector.of(d) for r in rs)
+    # While dead, m3's points are bad with the reason, never a made-up value.
+    assert dead_cycles and all(r.quality is Quality.BAD and r.value is None for rs in dead_cycles for r in rs)
+    assert "no answer within 0.05s" in (dead_cycles[0][0].reason or "")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "modbus[m3] unit 3 on modbus-bus[rs485-1] is not answering: unit 3, fc4 (read input registers) "
+        "address 0 count 3: no answer within 0.05s; polling backed off (up to 0.4s)"
+    ]
+    recoveries = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.INFO and "answers again" in r.getMessage()
+    ]
+    assert len(recoveries) == 1 and recoveries[0].startswith(
+        "modbus[m3] unit 3 on modbus-bus[rs485-1] answers again"
+    )
+    assert drv.state("m1").skipped_ticks == 0 and drv.state("m2").skipped_ticks == 0
+
+
+async def test_corrupt_frames_are_protocol_errors_with_bad_readings_and_the_bus_goes_on(
+    bus: Bus, collector: Collector
+) -> None:
+    bus.faults.corrupt.add(2)
+    drv, task = await start(BUS.format(port=bus.modem.client_path), collector)
+    try:
+        await collector.wait_for(lambda: len(collector.of("m2")) >= 1 and len(collector.of("m1")) >= 5)
+    finally:
+        await finish(drv, task)
+    volts, _energy = collector.of("m2")[0][1]
+    assert volts.quality is Quality.BAD and volts.value is None
+    assert volts.reason == (
+        "unit 2, fc4 (read input registers) address 0 count 3: "
+        "bad frame (bytes arrived but no valid answer: CRC or length)"
+    )
+    assert all(r.quality is Quality.GOOD for _, rs in collector.of("m1") for r in rs)
+
+
+async def test_ascii_framing_on_a_serial_bus(
+    simulator: ModuleType, null_modem: Any, collector: Collector
+) -> None:
+    server = await simulator.start_rtu(
+        [simulator.device(7, holding=[0x4142, 0xFFFF])],
+        null_modem.server_path,
+        simulator.Faults(),
+        framer="ascii",
+    )
+    text = f"""
+[drivers.modbus.buses.b]
+port = "{null_modem.client_path}"
+framer = "ascii"
+timeout = 0.5
+[devices.a]
+driver = "modbus"
+bus = "b"
+unit_id = 7
+[devices.a.points.s]
+address = 0
+type = "string"
+length = 2
+[devices.a.points.n]
+address = 1
+type = "int16"
+"""
+    drv, task = await start(text, collector)
+    try:
+        await collector.wait_for(lambda: len(collector.of("a")) >= 1)
+    finally:
+        await finish(drv, task)
+        await server.shutdown()
+    assert {k: r.value for k, r in collector.latest("a").items()} == {"s": "AB", "n": -1}
+
+
+async def test_rtu_framed_over_tcp_like_a_serial_device_server(
+    simulator: ModuleType, collector: Collector
+) -> None:
+    slaves = [simulator.device(u, holding=[u * 11]) for u in (4, 5)]
+    server, port = await simulator.start_tcp(slaves, simulator.Faults(), framer="rtu")
+    text = "".join(
+        f'[devices.s{u}]\ndriver = "modbus"\nhost = "127.0.0.1"\nport = {port}\nframer = "rtu"\n'
+        f"unit_id = {u}\n"
+        f"[devices.s{u}.points.v]\naddress = 0\n"
+        for u in (4, 5)
+    )
+    drv, task = await start(text, collector)
+    try:
+        await collector.wait_for(lambda: len(collector.of("s4")) >= 2 and len(collector.of("s5")) >= 2)
+    finally:
+        await finish(drv, task)
+        await server.shutdown()
+    assert drv.name == f"modbus-tcp[127.0.0.1:{port}]"
+    assert collector.latest("s4")["v"].value == 44 and collector.latest("s5")["v"].value == 55
+
+
+async def test_a_missing_serial_port_gives_bad_readings_and_one_error(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = """
+[drivers.modbus.buses.usb]
+port = "/dev/serial/by-id/usb-not-plugged-in"
+[devices.a]
+driver = "modbus"
+bus = "usb"
+interval = 0.05
+[devices.a.points.p]
+address = 0
+"""
+    drv, task = await start(text, collector)
+    try:
+        await collector.wait_for(lambda: len(collector.of("a")) >= 3)
+    finally:
+        await finish(drv, task)
+    (reading,) = collector.of("a")[0][1]
+    assert reading.quality is Quality.BAD
+    assert reading.reason == "cannot open serial port /dev/serial/by-id/usb-not-plugged-in"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "modbus-bus[usb]: cannot open serial port /dev/serial/by-id/usb-not-plugged-in (serving a); "
+        "retrying with backoff up to 60s"
+    ]
