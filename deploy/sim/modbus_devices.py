@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -45,6 +46,8 @@ class Faults:
     answered: dict[int, int] = field(default_factory=dict)
     connections: int = 0
     open_connections: int = 0
+    #: Unit ids that exist; answers for any other are dropped (absent slaves are silent on a bus).
+    present: set[int] | None = None
 
     def on_connect(self, up: bool) -> None:
         if up:
@@ -64,7 +67,7 @@ class Faults:
         if not sending or not data:
             return data
         unit = self._unit(data)
-        if unit in self.silent:
+        if unit in self.silent or (self.present is not None and unit not in self.present):
             return b""
         self.answered[unit] = self.answered.get(unit, 0) + 1
         if unit in self.corrupt:
@@ -174,8 +177,12 @@ async def start_rtu(
 ) -> ModbusSerialServer:
     """An RTU (or ASCII) server on the tty ``path``; unknown unit ids stay silent like absent slaves."""
     faults.framer = framer
+    faults.present = {d.id for d in devices}
+    # pymodbus 3.16's ignore_missing_devices does not work with SimDevice (a KeyError becomes a
+    # "device failure" answer); a catch-all unit 0 answers instead and the trace drops those answers.
+    everyone = [*devices, device(0)] if 0 not in faults.present else list(devices)
     server = ModbusSerialServer(
-        list(devices),
+        everyone,
         framer=FramerType(framer),
         port=path,
         baudrate=115200,
@@ -300,6 +307,7 @@ async def serve(link_dir: Path | None, tcp_port: int, slaves: int) -> None:
 
 
 def main() -> None:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--link", type=Path, help="directory for the rs485-1 symlink to the bus's tty")
     parser.add_argument(
