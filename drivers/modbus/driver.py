@@ -60,6 +60,7 @@ class DeviceState:
     skipped_ticks: int = 0
     cycles: int = 0
     refused: dict[tuple[int, int, int], str] = field(default_factory=dict)
+    by_name: dict[str, Point] = field(default_factory=dict)
     last_emitted: dict[str, tuple[Value | None, Quality]] = field(default_factory=dict)
 
 
@@ -68,7 +69,10 @@ class ModbusLinkDriver:
 
     def __init__(self, settings: LinkSettings) -> None:
         self._settings = settings
-        self._states = {d.name: DeviceState(d, compile_plan(d)) for d in settings.devices}
+        self._states = {
+            d.name: DeviceState(d, compile_plan(d), by_name={p.name: p for p in d.points})
+            for d in settings.devices
+        }
         self._link: Link | None = None
         self._closed = False
 
@@ -89,6 +93,19 @@ class ModbusLinkDriver:
 
     def plans(self) -> tuple[DevicePlan, ...]:
         return tuple(s.plan for s in self._states.values())
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the gateway's stats line: cycles, skipped ticks, failing devices, link traffic."""
+        states = self._states.values()
+        link = self._link
+        return {
+            "cycles": sum(s.cycles for s in states),
+            "skipped_ticks": sum(s.skipped_ticks for s in states),
+            "failing_devices": sum(1 for s in states if s.failing),
+            "transactions": link.stats.transactions if link else 0,
+            "failed_transactions": link.stats.failures if link else 0,
+            "queue_full": link.stats.queue_full if link else 0,
+        }
 
     # -- running -----------------------------------------------------------------------------------
     async def run(self, emit: ReadingSink) -> None:
@@ -260,10 +277,9 @@ class ModbusLinkDriver:
     @staticmethod
     def _report_filter(st: DeviceState, readings: list[Reading]) -> list[Reading]:
         """Drop on-change points whose value moved no more than their deadband since last reported."""
-        by_name = {p.name: p for p in st.device.points}
         out: list[Reading] = []
         for r in readings:
-            p = by_name[r.point]
+            p = st.by_name[r.point]
             last = st.last_emitted.get(r.point)
             if (
                 p.on_change

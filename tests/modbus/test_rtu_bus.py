@@ -91,18 +91,36 @@ async def finish(drv: ModbusLinkDriver, task: asyncio.Task[None]) -> None:
     await drv.close()
 
 
-async def test_three_slaves_share_the_bus_and_read_their_own_values(bus: Bus, collector: Collector) -> None:
-    drv, task = await start(BUS.format(port=bus.modem.client_path), collector)
+async def test_three_slaves_share_the_bus_read_their_own_values_and_writes_share_the_queue(
+    bus: Bus, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fieldgate.modbus")
+    text = BUS.format(port=bus.modem.client_path) + (
+        '[devices.m2.points.limit]\naddress = 0\ntype = "int16"\nwritable = true\ninterval = 5\n'
+    )
+    drv, task = await start(text, collector)
     try:
         await collector.wait_for(lambda: all(len(collector.of(d)) >= 2 for d in ("m1", "m2", "m3")))
+        # A write goes through the bus owner's queue between the polls, and is read back.
+        written = await drv.write_point("m2", "limit", -300)
+        assert (written.device, written.point, written.value) == ("m2", "limit", -300)
+        n = len(collector.of("m1"))
+        await collector.wait_for(lambda: len(collector.of("m1")) >= n + 3)
     finally:
         await finish(drv, task)
+    assert drv.stats()["queue_full"] == 0 and drv.stats()["failed_transactions"] == 0
     for unit in (1, 2, 3):
         got = collector.latest(f"m{unit}")
         assert got["volts"].value == pytest.approx((2300 + unit) / 10)
         assert got["energy"].value == 1000 * unit
-    # Two points, adjacent: one request per slave and cycle.
-    assert [len(p.requests) for p in drv.plans()] == [1, 1, 1]
+    # Two points, adjacent: one request per slave and cycle; the plan is logged per device at start.
+    assert [len(p.requests) for p in drv.plans()] == [1, 2, 1]
+    plans = [r.getMessage() for r in caplog.records if "read plan" in r.getMessage()]
+    assert plans[0] == (
+        "modbus[m1] unit 1 on modbus-bus[rs485-1]: "
+        "read plan 1 request, 3 registers, 2 points (per interval 0.1s: 1)"
+    )
+    assert plans[1].endswith("read plan 2 requests, 4 registers, 3 points (per interval 0.1s: 1, 5s: 1)")
 
 
 async def test_a_silent_slave_is_backed_off_logged_once_and_recovers_while_the_others_keep_their_rate(
