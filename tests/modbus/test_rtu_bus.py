@@ -279,3 +279,30 @@ address = 0
         "modbus-bus[usb]: cannot open serial port /dev/serial/by-id/usb-not-plugged-in (serving a); "
         "retrying with backoff up to 60s"
     ]
+
+
+async def test_a_bus_whose_adapter_is_plugged_in_later_connects_and_logs_the_recovery(
+    bus: Bus, collector: Collector, caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    caplog.set_level(logging.INFO, logger="fieldgate.modbus")
+    by_id = tmp_path / "usb-adapter"  # like /dev/serial/by-id/..., absent until plugged in
+    drv, task = await start(
+        BUS.format(port=by_id).replace("backoff_max = 0.4", "backoff_max = 0.5"), collector
+    )
+    try:
+        await collector.wait_for(lambda: len(collector.of("m1")) >= 2)
+        assert collector.of("m1")[0][1][0].quality is Quality.BAD
+        by_id.symlink_to(bus.modem.client_path)
+        await collector.wait_for(
+            lambda: any(rs[0].quality is Quality.GOOD for _, rs in collector.of("m1")), within=5
+        )
+    finally:
+        await finish(drv, task)
+    messages = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO and "read plan" not in r.getMessage()
+    ]
+    assert messages[0].startswith(f"modbus-bus[rs485-1]: cannot open serial port {by_id} (serving m1)")
+    assert messages[1].startswith("modbus-bus[rs485-1]: connection restored after")
+    assert len(messages) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import struct
 from collections.abc import AsyncIterator
@@ -415,3 +416,39 @@ async def test_on_change_points_are_reported_only_when_they_move_beyond_their_de
     assert counter[:3] == [2, 8, 14]  # each reported value moved more than 5 from the last reported one
     assert steady == [9]
     assert len(always) == len(collector.of("m"))
+
+
+async def test_a_device_that_reboots_is_read_again_when_it_is_back(
+    simulator: ModuleType, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fieldgate.modbus")
+    server, port = await simulator.start_tcp([simulator.device(1, holding=[42])], simulator.Faults())
+    config, _ = parse(
+        f'[devices.m]\ndriver = "modbus"\nhost = "127.0.0.1"\nport = {port}\ninterval = 0.05\ntimeout = 0.2\n'
+        "[devices.m.points.p]\naddress = 0\n"
+    )
+    (drv,) = build_drivers(config)
+    task = await run_driver(drv, collector)
+    try:
+        await collector.wait_for(lambda: len(collector.of("m")) >= 2)
+        await server.shutdown()
+        await collector.wait_for(lambda: collector.of("m")[-1][1][0].quality is Quality.BAD)
+        server, _ = await simulator.start_tcp(
+            [simulator.device(1, holding=[43])], simulator.Faults(), port=port
+        )
+        await collector.wait_for(lambda: collector.of("m")[-1][1][0].value == 43, within=10)
+    finally:
+        await stop(task, drv)
+        await server.shutdown()
+    bad = [rs[0] for _, rs in collector.of("m") if rs[0].quality is Quality.BAD]
+    assert bad and all(r.value is None for r in bad)
+    messages = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO and "read plan" not in r.getMessage()
+    ]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith(
+        f"modbus-tcp[127.0.0.1:{port}]: cannot connect to 127.0.0.1:{port} (serving m)"
+    )
+    assert messages[1].startswith(f"modbus-tcp[127.0.0.1:{port}]: connection restored after")
