@@ -74,7 +74,6 @@ class ModbusLinkDriver:
             for d in settings.devices
         }
         self._link: Link | None = None
-        self._closed = False
 
     @property
     def name(self) -> str:
@@ -142,9 +141,9 @@ class ModbusLinkDriver:
             self._link = None
 
     async def close(self) -> None:
+        """Release the connections (idempotent; ``run`` also releases them when cancelled)."""
         if self._link is not None:
             self._link.close()
-        self._closed = True
 
     async def _poll_loop(self, link: Link, st: DeviceState, group: PollGroup, emit: ReadingSink) -> None:
         loop = asyncio.get_running_loop()
