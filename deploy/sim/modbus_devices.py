@@ -6,7 +6,8 @@
   ``DIR/rs485-1`` point at it), like a USB adapter on a daisy chain.
 
 Values change over time (voltages wander, energy counts up). Faults can be switched on per unit id
-(silent: the slave stops answering; corrupt: its answers get a broken CRC), which the tests use.
+(silent: the slave stops answering; corrupt: its answers get a broken CRC; short: its answers are
+cut in half), which the tests use.
 
 Run: ``python deploy/sim/modbus_devices.py --link deploy/.demo --tcp-port 5020`` (until SIGTERM).
 """
@@ -43,6 +44,7 @@ class Faults:
     framer: str = "rtu"
     silent: set[int] = field(default_factory=set)
     corrupt: set[int] = field(default_factory=set)
+    short: set[int] = field(default_factory=set)
     answered: dict[int, int] = field(default_factory=dict)
     connections: int = 0
     open_connections: int = 0
@@ -72,6 +74,8 @@ class Faults:
         self.answered[unit] = self.answered.get(unit, 0) + 1
         if unit in self.corrupt:
             return data[:-1] + bytes([data[-1] ^ 0xFF])
+        if unit in self.short:
+            return data[: len(data) // 2]
         return data
 
 

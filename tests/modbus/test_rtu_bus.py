@@ -9,8 +9,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from pymodbus.constants import ExcCodes
 
 from drivers.modbus.driver import ModbusLinkDriver, build_drivers
+from gateway.errors import DeviceProtocolError, DeviceRefused, DeviceTimeout, DriverError
 from gateway.model import Quality
 
 from .conftest import Collector
@@ -306,3 +308,52 @@ async def test_a_bus_whose_adapter_is_plugged_in_later_connects_and_logs_the_rec
     assert messages[0].startswith(f"modbus-bus[rs485-1]: cannot open serial port {by_id} (serving m1)")
     assert messages[1].startswith("modbus-bus[rs485-1]: connection restored after")
     assert len(messages) == 2
+
+
+async def test_write_failures_raise_our_errors_naming_device_unit_function_address_and_count(
+    simulator: ModuleType, null_modem: Any, collector: Collector
+) -> None:
+    faults = simulator.Faults()
+    slaves = [
+        simulator.device(1, holding=[0] * 4, action=simulator.refuse(ExcCodes.DEVICE_BUSY, function=6)),
+        simulator.device(2, holding=[0] * 4),
+        simulator.device(3, holding=[0] * 4),
+        simulator.device(4, holding=[0] * 4),
+    ]
+    server = await simulator.start_rtu(slaves, null_modem.server_path, faults)
+    faults.silent.add(2)
+    faults.corrupt.add(3)
+    faults.short.add(4)
+    text = (
+        f'[drivers.modbus.buses.b]\nport = "{null_modem.client_path}"\ntimeout = 0.1\nretries = 0\n'
+        + "".join(
+            f'[devices.d{u}]\ndriver = "modbus"\nbus = "b"\nunit_id = {u}\ninterval = 60\n'
+            f'[devices.d{u}.points.sp]\naddress = 2\ntype = "int16"\nwritable = true\n'
+            for u in (1, 2, 3, 4)
+        )
+    )
+    drv, task = await start(text, collector)
+    try:
+        await collector.wait_for(lambda: len(collector.cycles) >= 4)
+        with pytest.raises(DeviceRefused) as refused:
+            await drv.write_point("d1", "sp", 5)
+        with pytest.raises(DeviceTimeout) as timeout:
+            await drv.write_point("d2", "sp", 5)
+        with pytest.raises(DeviceProtocolError) as corrupt:
+            await drv.write_point("d3", "sp", 5)
+        with pytest.raises(DeviceProtocolError) as short:
+            await drv.write_point("d4", "sp", 5)
+    finally:
+        await finish(drv, task)
+        await server.shutdown()
+    assert str(refused.value) == (
+        "d1: unit 1, fc6 (write single register) address 2 count 1: exception 6 (slave device busy)"
+    )
+    assert (
+        str(timeout.value)
+        == "d2: unit 2, fc6 (write single register) address 2 count 1: no answer within 0.1s"
+    )
+    bad_frame = "bad frame (bytes arrived but no valid answer: CRC or length)"
+    assert str(corrupt.value) == f"d3: unit 3, fc6 (write single register) address 2 count 1: {bad_frame}"
+    assert str(short.value) == f"d4: unit 4, fc6 (write single register) address 2 count 1: {bad_frame}"
+    assert isinstance(timeout.value, DriverError) and timeout.value.device == "d2"
