@@ -94,3 +94,18 @@ def test_register_table_layout() -> None:
     assert lines[1] == "   100  0x4148   16712   16712   18497  0100000101001000"
     assert any(re.match(r"\s+100  ABCD .* 12.5$", line) for line in lines)
     assert "string ABCD: 'AH..'" in text and "string BADC: 'HA..'" in text
+
+
+def test_read_coils_prints_sixteen_bits_a_row_and_a_refused_range_is_an_error(
+    plant: tuple[int, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    port, _ = plant
+    assert cli("modbus", "read", "--host", "127.0.0.1", "--port", str(port), "00001", "-c", "16") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"127.0.0.1:{port} unit 1: coil 0..15 (fc1)", "     0: " + " ".join("0" * 16)]
+    # The meter has 16 coils: asking for 20 is refused, and said so in one line.
+    assert cli("modbus", "read", "--host", "127.0.0.1", "--port", str(port), "00001", "-c", "20") == 1
+    assert capsys.readouterr().err == (
+        f"error: 127.0.0.1:{port}: unit 1, fc1 (read coils) address 0 count 20: "
+        "exception 2 (illegal data address)\n"
+    )
