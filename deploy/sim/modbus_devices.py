@@ -50,6 +50,8 @@ class Faults:
     open_connections: int = 0
     #: Unit ids that exist; answers for any other are dropped (absent slaves are silent on a bus).
     present: set[int] | None = None
+    #: Set whenever request bytes arrive (tests clear it and wait for the next request).
+    requests: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_connect(self, up: bool) -> None:
         if up:
@@ -66,7 +68,10 @@ class Faults:
         return frame[0] if frame else -1
 
     def trace(self, sending: bool, data: bytes) -> bytes:
-        if not sending or not data:
+        if not sending:
+            self.requests.set()
+            return data
+        if not data:
             return data
         unit = self._unit(data)
         if unit in self.silent or (self.present is not None and unit not in self.present):
@@ -229,6 +234,10 @@ class NullModem:
             return
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(dst, data)
+
+    def to_client(self, data: bytes) -> None:
+        """Put bytes on the line as if a slave had sent them (for stray or late frames in tests)."""
+        os.write(self._m2, data)
 
     def close(self) -> None:
         if self._loop is not None:

@@ -74,6 +74,8 @@ class Channel:
         self.label = label
         self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
         self._rx_seen = False
+        self._rtu = link.framer == "rtu"
+        self._unit = -1
         self._down_since: float | None = None
         self._connect_backoff = 0.0
         self._next_connect = 0.0
@@ -81,7 +83,9 @@ class Channel:
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         # Bytes that arrive without ever forming a valid answer make a bad frame, not a silent slave.
-        if not sending and data:
+        # On an RTU line only bytes starting with the addressed unit count: a slow slave's late answer
+        # to an earlier request must not turn the next slave's silence into a "bad frame".
+        if not sending and data and (not self._rtu or data[0] == self._unit):
             self._rx_seen = True
         return data
 
@@ -162,6 +166,7 @@ class Channel:
         client = self._client
         assert client is not None
         self._rx_seen = False
+        self._unit = unit
         try:
             async with asyncio.timeout(reply_timeout):
                 rsp = await self._call(client, op, unit)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerRTU
 
 from drivers.modbus.driver import ModbusLinkDriver, build_drivers
 from gateway.errors import DeviceProtocolError, DeviceRefused, DeviceTimeout, DriverError
@@ -357,3 +358,32 @@ async def test_write_failures_raise_our_errors_naming_device_unit_function_addre
     assert str(corrupt.value) == f"d3: unit 3, fc6 (write single register) address 2 count 1: {bad_frame}"
     assert str(short.value) == f"d4: unit 4, fc6 (write single register) address 2 count 1: {bad_frame}"
     assert isinstance(timeout.value, DriverError) and timeout.value.device == "d2"
+
+
+async def test_a_late_answer_from_another_slave_does_not_make_a_silent_slave_a_bad_frame(
+    simulator: ModuleType, null_modem: Any, collector: Collector
+) -> None:
+    faults = simulator.Faults()
+    server = await simulator.start_rtu([simulator.device(2, holding=[0] * 4)], null_modem.server_path, faults)
+    faults.silent.add(2)
+    text = (
+        f'[drivers.modbus.buses.b]\nport = "{null_modem.client_path}"\ntimeout = 0.2\nretries = 0\n'
+        '[devices.d2]\ndriver = "modbus"\nbus = "b"\nunit_id = 2\ninterval = 60\n'
+        '[devices.d2.points.sp]\naddress = 2\ntype = "int16"\nwritable = true\n'
+    )
+    # What a slow unit 1 sends too late: a valid answer to an earlier read (fc3, one register).
+    late = bytes([1, 3, 2, 0, 7])
+    late += FramerRTU.compute_CRC(late).to_bytes(2, "big")
+    drv, task = await start(text, collector)
+    try:
+        await collector.wait_for(lambda: len(collector.cycles) >= 1)
+        faults.requests.clear()
+        write = asyncio.create_task(drv.write_point("d2", "sp", 1))
+        async with asyncio.timeout(2):
+            await faults.requests.wait()  # the write is on the line: now the stray answer arrives
+        null_modem.to_client(late)
+        with pytest.raises(DeviceTimeout):
+            await write
+    finally:
+        await finish(drv, task)
+        await server.shutdown()
