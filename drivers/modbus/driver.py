@@ -27,7 +27,7 @@ from drivers.modbus.config import (
     SerialBus,
     check_write,
 )
-from drivers.modbus.link import Link, Op, SerialLink, TcpLink, quiet_pymodbus
+from drivers.modbus.link import Link, LinkStats, Op, SerialLink, TcpLink, quiet_pymodbus
 from drivers.modbus.plan import DevicePlan, PollGroup, ReadRequest, compile_plan
 from gateway.errors import DeviceProtocolError, DeviceRefused, DeviceTimeout, DeviceUnavailable, DriverError
 from gateway.model import Quality, Reading, ReadingSink, Value
@@ -74,6 +74,7 @@ class ModbusLinkDriver:
             for d in settings.devices
         }
         self._link: Link | None = None
+        self._link_stats = LinkStats()
 
     @property
     def name(self) -> str:
@@ -96,21 +97,25 @@ class ModbusLinkDriver:
     def stats(self) -> dict[str, int]:
         """Counters for the gateway's stats line: cycles, skipped ticks, failing devices, link traffic."""
         states = self._states.values()
-        link = self._link
+        link = self._link_stats
         return {
             "cycles": sum(s.cycles for s in states),
             "skipped_ticks": sum(s.skipped_ticks for s in states),
             "failing_devices": sum(1 for s in states if s.failing),
-            "transactions": link.stats.transactions if link else 0,
-            "failed_transactions": link.stats.failures if link else 0,
-            "queue_full": link.stats.queue_full if link else 0,
+            "transactions": link.transactions,
+            "failed_transactions": link.failures,
+            "queue_full": link.queue_full,
         }
 
     # -- running -----------------------------------------------------------------------------------
     async def run(self, emit: ReadingSink) -> None:
         link_cfg = self._settings.link
         pollers = sum(len(s.plan.groups) for s in self._states.values())
-        link: Link = SerialLink(link_cfg, pollers) if isinstance(link_cfg, SerialBus) else TcpLink(link_cfg)
+        link: Link = (
+            SerialLink(link_cfg, pollers, self._link_stats)
+            if isinstance(link_cfg, SerialBus)
+            else TcpLink(link_cfg, pollers, self._link_stats)
+        )
         self._link = link
         for st in self._states.values():
             log.info(

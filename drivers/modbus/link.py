@@ -241,6 +241,8 @@ class _Job:
 
 
 class LinkStats:
+    """Counters of one link, kept by its driver across restarts of the link."""
+
     def __init__(self) -> None:
         self.transactions = 0
         self.failures = 0
@@ -256,10 +258,10 @@ class SerialLink:
 
     write_slots = 8
 
-    def __init__(self, bus: SerialBus, pollers: int) -> None:
+    def __init__(self, bus: SerialBus, pollers: int, stats: LinkStats | None = None) -> None:
         self.bus = bus
         self.channel = Channel(bus, bus.key)
-        self.stats = LinkStats()
+        self.stats = stats or LinkStats()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=pollers + self.write_slots)
 
     async def submit(self, device: str, unit: int, op: Op, reply_timeout: float) -> Result:
@@ -299,21 +301,36 @@ class SerialLink:
 
 
 class TcpLink:
-    """A pool of up to ``connections`` channels to one TCP server, used concurrently by its devices."""
+    """A pool of up to ``connections`` channels to one TCP server, used concurrently by its devices.
 
-    def __init__(self, endpoint: TcpEndpoint) -> None:
+    Bound: as for a serial bus, every poll group may wait for a channel plus ``write_slots`` writes;
+    a submit beyond that is refused at once (``DeviceUnavailable``, counted in ``stats.queue_full``).
+    """
+
+    write_slots = SerialLink.write_slots
+
+    def __init__(self, endpoint: TcpEndpoint, pollers: int, stats: LinkStats | None = None) -> None:
         self.endpoint = endpoint
-        self.stats = LinkStats()
+        self.stats = stats or LinkStats()
         self._channels = [
             Channel(endpoint, endpoint.key if endpoint.connections == 1 else f"{endpoint.key}#{i + 1}")
             for i in range(endpoint.connections)
         ]
-        self._idle: asyncio.Queue[Channel] = asyncio.Queue()
+        self._idle: asyncio.Queue[Channel] = asyncio.Queue(maxsize=len(self._channels))
         for ch in self._channels:
             self._idle.put_nowait(ch)
+        self._limit = pollers + self.write_slots
+        self._pending = 0
 
     async def submit(self, device: str, unit: int, op: Op, reply_timeout: float) -> Result:
-        channel = await self._idle.get()
+        if self._pending >= self._limit:
+            self.stats.queue_full += 1
+            raise DeviceUnavailable(device, f"{self.endpoint.key} has too many requests waiting, refused")
+        self._pending += 1
+        try:
+            channel = await self._idle.get()
+        finally:
+            self._pending -= 1
         self.stats.transactions += 1
         try:
             return await channel.transact(device, unit, op, reply_timeout)

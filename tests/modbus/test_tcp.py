@@ -14,6 +14,7 @@ import pytest
 from pymodbus.constants import ExcCodes
 
 from drivers.modbus.driver import ModbusLinkDriver, build_drivers
+from gateway.errors import DeviceUnavailable
 from gateway.model import Quality
 
 from .conftest import Collector
@@ -452,3 +453,32 @@ async def test_a_device_that_reboots_is_read_again_when_it_is_back(
         f"modbus-tcp[127.0.0.1:{port}]: cannot connect to 127.0.0.1:{port} (serving m)"
     )
     assert messages[1].startswith(f"modbus-tcp[127.0.0.1:{port}]: connection restored after")
+
+
+async def test_a_flood_of_writes_is_bounded_and_the_excess_refused_at_once(
+    simulator: ModuleType, collector: Collector
+) -> None:
+    server, port = await simulator.start_tcp(
+        [simulator.device(1, holding=[0] * 4, action=simulator.slow(0.02, simulator.Slowness()))],
+        simulator.Faults(),
+    )
+    config, _ = parse(
+        f'[devices.m]\ndriver = "modbus"\nhost = "127.0.0.1"\nport = {port}\ninterval = 60\n'
+        "[devices.m.points.p]\naddress = 0\nwritable = true\n"
+    )
+    (drv,) = build_drivers(config)
+    task = await run_driver(drv, collector)
+    try:
+        await collector.wait_for(lambda: len(collector.of("m")) >= 1)
+        results = await asyncio.gather(
+            *(drv.write_point("m", "p", i) for i in range(20)), return_exceptions=True
+        )
+    finally:
+        await stop(task, drv)
+        await server.shutdown()
+    refused = [r for r in results if isinstance(r, DeviceUnavailable)]
+    done = [r for r in results if not isinstance(r, BaseException)]
+    # One connection busy + 1 poll group + 8 write slots may wait; the rest is refused, none lost silently.
+    assert len(done) + len(refused) == 20 and len(refused) >= 10
+    assert str(refused[0]) == f"m: modbus-tcp[127.0.0.1:{port}] has too many requests waiting, refused"
+    assert drv.stats()["queue_full"] == len(refused)
