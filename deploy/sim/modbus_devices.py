@@ -88,9 +88,6 @@ class Faults:
 # devices
 
 
-Action = Callable[[int, int, int, int, list[int], "list[int] | list[bool] | None"], object]
-
-
 def device(
     unit: int,
     *,
