@@ -1,0 +1,368 @@
+"""The running Modbus driver: one per link (a serial bus or a TCP server), polling its devices' plans.
+
+Scheduling: every device has one poller per poll interval. A poller runs its requests at a fixed
+rate; a cycle that overruns its interval skips the ticks it missed (counted in ``skipped_ticks``)
+instead of queueing them. On a serial bus every transaction goes through the bus owner's queue, so a
+silent slave occupies the bus for one timeout per attempt; its retries are queued behind the other
+slaves' requests. After the retries, the slave is backed off (1 s doubling to ``backoff_max``),
+logged once, probed at each backoff step and logged again when it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from drivers.modbus.codec import DataType, decode_raw, encode_raw, scale_value, set_bit, unscale_value
+from drivers.modbus.config import (
+    Device,
+    LinkSettings,
+    ModbusConfig,
+    Point,
+    RegisterTable,
+    SerialBus,
+    check_write,
+)
+from drivers.modbus.link import Link, LinkStats, Op, SerialLink, TcpLink, quiet_pymodbus
+from drivers.modbus.plan import DevicePlan, PollGroup, ReadRequest, compile_plan
+from gateway.errors import DeviceProtocolError, DeviceRefused, DeviceTimeout, DeviceUnavailable, DriverError
+from gateway.model import Quality, Reading, ReadingSink, Value
+
+log = logging.getLogger("fieldgate.modbus")
+
+_FIRST_BACKOFF = 1.0
+
+
+def decode_point(point: Point, values: Sequence[int] | Sequence[bool], offset: int) -> Value:
+    """The engineering value of ``point`` from a request's answer, ``offset`` = its first index there."""
+    if point.table.is_bits:
+        return bool(values[offset])
+    regs = [int(v) for v in values[offset : offset + point.count]]
+    raw = decode_raw(regs, point.dtype, point.order, bit=point.bit)
+    return scale_value(raw, point.scale, point.offset)
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """What the driver knows of one device at run time (counters are read by stats and tests)."""
+
+    device: Device
+    plan: DevicePlan
+    failing: bool = False
+    failing_since: float = 0.0
+    failed_polls: int = 0
+    backoff: float = 0.0
+    retry_at: float = 0.0
+    skipped_ticks: int = 0
+    cycles: int = 0
+    refused: dict[tuple[int, int, int], str] = field(default_factory=dict)
+    by_name: dict[str, Point] = field(default_factory=dict)
+    last_emitted: dict[str, tuple[Value | None, Quality]] = field(default_factory=dict)
+
+
+class ModbusLinkDriver:
+    """A ``gateway.model.Driver`` for one bus or TCP server and the devices behind it."""
+
+    def __init__(self, settings: LinkSettings) -> None:
+        self._settings = settings
+        self._states = {
+            d.name: DeviceState(d, compile_plan(d), by_name={p.name: p for p in d.points})
+            for d in settings.devices
+        }
+        self._link: Link | None = None
+        self._link_stats = LinkStats()
+
+    @property
+    def name(self) -> str:
+        return self._settings.name
+
+    @property
+    def settings(self) -> LinkSettings:
+        return self._settings
+
+    @property
+    def device_names(self) -> tuple[str, ...]:
+        return tuple(self._states)
+
+    def state(self, device: str) -> DeviceState:
+        return self._states[device]
+
+    def plans(self) -> tuple[DevicePlan, ...]:
+        return tuple(s.plan for s in self._states.values())
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the gateway's stats line: cycles, skipped ticks, failing devices, link traffic."""
+        states = self._states.values()
+        link = self._link_stats
+        return {
+            "cycles": sum(s.cycles for s in states),
+            "skipped_ticks": sum(s.skipped_ticks for s in states),
+            "failing_devices": sum(1 for s in states if s.failing),
+            "transactions": link.transactions,
+            "failed_transactions": link.failures,
+            "queue_full": link.queue_full,
+        }
+
+    # -- running -----------------------------------------------------------------------------------
+    async def run(self, emit: ReadingSink) -> None:
+        link_cfg = self._settings.link
+        pollers = sum(len(s.plan.groups) for s in self._states.values())
+        link: Link = (
+            SerialLink(link_cfg, pollers, self._link_stats)
+            if isinstance(link_cfg, SerialBus)
+            else TcpLink(link_cfg, pollers, self._link_stats)
+        )
+        self._link = link
+        for st in self._states.values():
+            log.info(
+                "modbus[%s] unit %d on %s: read plan %s",
+                st.device.name,
+                st.device.unit_id,
+                self.name,
+                st.plan.summary(),
+            )
+            for req in st.plan.requests:
+                log.debug(
+                    "modbus[%s]: %s -> %s",
+                    st.device.name,
+                    req.describe(),
+                    ", ".join(p.name for p in req.points),
+                )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(link.run(), name=f"{self.name}.owner")
+                for st in self._states.values():
+                    for group in st.plan.groups:
+                        tg.create_task(
+                            self._poll_loop(link, st, group, emit),
+                            name=f"modbus[{st.device.name}].poll[{group.interval:g}s]",
+                        )
+        finally:
+            link.close()
+            self._link = None
+
+    async def close(self) -> None:
+        """Release the connections (idempotent; ``run`` also releases them when cancelled)."""
+        if self._link is not None:
+            self._link.close()
+
+    async def _poll_loop(self, link: Link, st: DeviceState, group: PollGroup, emit: ReadingSink) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while True:
+            delay = next_tick - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if loop.time() >= st.retry_at:
+                readings = await self._poll_group(link, st, group)
+                readings = self._report_filter(st, readings)
+                if readings:
+                    emit(readings)
+            next_tick += group.interval
+            late = loop.time() - next_tick
+            if late > 0:
+                missed = math.floor(late / group.interval) + 1
+                st.skipped_ticks += missed
+                next_tick += missed * group.interval
+                log.debug(
+                    "modbus[%s]: poll every %gs overran by %.3fs, %d tick(s) skipped",
+                    st.device.name,
+                    group.interval,
+                    late,
+                    missed,
+                )
+
+    async def _read_with_retries(
+        self, link: Link, device: Device, req: ReadRequest
+    ) -> list[int] | list[bool]:
+        op = Op(req.function, req.address, req.count)
+        attempt = 0
+        while True:
+            try:
+                return await link.submit(device.name, device.unit_id, op, device.timeout)
+            except (DeviceTimeout, DeviceProtocolError):
+                attempt += 1
+                if attempt > device.retries:
+                    raise
+
+    async def _poll_group(self, link: Link, st: DeviceState, group: PollGroup) -> list[Reading]:
+        device = st.device
+        readings: list[Reading] = []
+        dead: DriverError | None = None
+        for req in group.requests:
+            if dead is not None:
+                readings.extend(_bad(device, req.points, _short(dead)))
+                continue
+            try:
+                values = await self._read_with_retries(link, device, req)
+            except DeviceRefused as exc:
+                self._note_refused(st, req, exc)
+                readings.extend(_bad(device, req.points, _short(exc)))
+                self._note_alive(st)
+                continue
+            except DriverError as exc:
+                dead = exc
+                readings.extend(_bad(device, req.points, _short(exc)))
+                continue
+            self._note_alive(st)
+            self._note_refused(st, req, None)
+            ts = time.time()
+            for p in req.points:
+                try:
+                    value = decode_point(p, values, p.address - req.address)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    readings.append(Reading(device.name, p.name, None, p.unit, ts, Quality.BAD, str(exc)))
+                else:
+                    readings.append(Reading(device.name, p.name, value, p.unit, ts))
+        st.cycles += 1
+        if dead is not None:
+            self._note_failing(st, dead)
+        return readings
+
+    # -- fault bookkeeping (log state changes only) -------------------------------------------------
+    def _note_failing(self, st: DeviceState, exc: DriverError) -> None:
+        now = asyncio.get_running_loop().time()
+        st.failed_polls += 1
+        if isinstance(exc, DeviceUnavailable):
+            # The link logs its own connection state once; no per-device backoff on top of it.
+            return
+        st.backoff = min(st.device.backoff_max, _FIRST_BACKOFF if not st.failing else st.backoff * 2)
+        st.retry_at = now + st.backoff
+        if not st.failing:
+            st.failing = True
+            st.failing_since = now
+            log.error(
+                "modbus[%s] unit %d on %s is not answering: %s; polling backed off (up to %gs)",
+                st.device.name,
+                st.device.unit_id,
+                self.name,
+                exc.detail,
+                st.device.backoff_max,
+            )
+        else:
+            log.debug(
+                "modbus[%s]: still not answering (%s); next try in %gs",
+                st.device.name,
+                exc.detail,
+                st.backoff,
+            )
+
+    def _note_alive(self, st: DeviceState) -> None:
+        if st.failing:
+            now = asyncio.get_running_loop().time()
+            log.info(
+                "modbus[%s] unit %d on %s answers again after %.1fs (%d failed polls)",
+                st.device.name,
+                st.device.unit_id,
+                self.name,
+                now - st.failing_since,
+                st.failed_polls,
+            )
+        st.failing = False
+        st.failed_polls = 0
+        st.backoff = 0.0
+        st.retry_at = 0.0
+
+    def _note_refused(self, st: DeviceState, req: ReadRequest, exc: DeviceRefused | None) -> None:
+        key = (req.function, req.address, req.count)
+        if exc is None:
+            if key in st.refused:
+                del st.refused[key]
+                log.info("modbus[%s]: %s is accepted again", st.device.name, req.describe())
+            return
+        if key not in st.refused:
+            log.error("modbus[%s]: request refused: %s", st.device.name, exc.detail)
+        st.refused[key] = exc.detail
+
+    @staticmethod
+    def _report_filter(st: DeviceState, readings: list[Reading]) -> list[Reading]:
+        """Drop on-change points whose value moved no more than their deadband since last reported."""
+        out: list[Reading] = []
+        for r in readings:
+            p = st.by_name[r.point]
+            last = st.last_emitted.get(r.point)
+            if (
+                p.on_change
+                and last is not None
+                and last[1] is r.quality
+                and _unchanged(last[0], r.value, p.deadband)
+            ):
+                continue
+            st.last_emitted[r.point] = (r.value, r.quality)
+            out.append(r)
+        return out
+
+    # -- writes ------------------------------------------------------------------------------------
+    async def write_point(self, device: str, point: str, value: Value) -> Reading:
+        """Write ``value`` to a writable point through the link's queue, then read it back.
+
+        Raises KeyError (unknown device/point), ValueError (not writable, out of range, wrong type)
+        or a ``DriverError`` from the device (refused, timeout, unavailable).
+        """
+        st = self._states.get(device)
+        if st is None:
+            raise KeyError(f"no modbus device {device!r} on {self.name}")
+        p = next((q for q in st.device.points if q.name == point), None)
+        if p is None:
+            raise KeyError(f"device {device!r} has no point {point!r}")
+        why = check_write(p, value)
+        if why is not None:
+            raise ValueError(f"{device}.{point}: {why}")
+        link = self._link
+        if link is None:
+            raise DeviceUnavailable(device, f"{self.name} is not running")
+        dev = st.device
+        if p.table is RegisterTable.COIL:
+            op = Op(5, p.address, 1, (bool(value),))
+        elif p.dtype is DataType.BOOL:
+            assert p.bit is not None
+            (current,) = await link.submit(dev.name, dev.unit_id, Op(3, p.address, 1), dev.timeout)
+            op = Op(6, p.address, 1, (set_bit(int(current), p.bit, bool(value)),))
+        else:
+            regs = encode_raw(
+                unscale_value(value, p.dtype, p.scale, p.offset), p.dtype, p.order, length=p.length
+            )
+            op = (
+                Op(6, p.address, 1, (regs[0],))
+                if len(regs) == 1
+                else Op(16, p.address, len(regs), tuple(regs))
+            )
+        await link.submit(dev.name, dev.unit_id, op, dev.timeout)
+        back = await link.submit(
+            dev.name, dev.unit_id, Op(p.table.read_function, p.address, p.count), dev.timeout
+        )
+        ts = time.time()
+        log.info("modbus[%s]: wrote %s = %r", dev.name, p.name, value)
+        return Reading(dev.name, p.name, decode_point(p, back, 0), p.unit, ts)
+
+
+def _unchanged(old: Value | None, new: Value | None, deadband: float) -> bool:
+    if (
+        isinstance(old, bool)
+        or isinstance(new, bool)
+        or not isinstance(old, int | float)
+        or not isinstance(new, int | float)
+    ):
+        return old == new
+    if math.isnan(old) and math.isnan(new):
+        return True
+    return abs(new - old) <= deadband
+
+
+def _bad(device: Device, points: Sequence[Point], reason: str) -> list[Reading]:
+    ts = time.time()
+    return [Reading(device.name, p.name, None, p.unit, ts, Quality.BAD, reason) for p in points]
+
+
+def _short(exc: DriverError) -> str:
+    return exc.detail
+
+
+def build_drivers(config: ModbusConfig) -> list[ModbusLinkDriver]:
+    """One driver per link; the read plans are compiled here (pure, no I/O)."""
+    quiet_pymodbus()
+    return [ModbusLinkDriver(settings) for settings in config.links]
