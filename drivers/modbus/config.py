@@ -21,7 +21,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 from drivers.modbus.codec import DataType, Order, integer_range, register_count
 from gateway.model import DeviceInfo, PointInfo, Value
@@ -315,8 +314,7 @@ def _read_map(t: Table) -> _MapDraft:
 
 
 def _path(t: Table) -> str:
-    # Table's instance attribute ``path`` is shadowed for type checkers by its ``path()`` reader.
-    return cast(str, t.path)
+    return t.where
 
 
 def _order(t: Table, key: str, text: str) -> Order:
