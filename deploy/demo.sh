@@ -1,25 +1,81 @@
 #!/usr/bin/env bash
-# The fieldgate demo: sets up what it needs on Debian 12 / Raspberry Pi OS (system packages, .venv),
-# then runs the gateway end to end on simulated devices.
-#   ./deploy/demo.sh                    run until Ctrl-C
-#   ./deploy/demo.sh --duration 30      run 30 seconds, then stop and print a summary
+# The fieldgate demo, end to end on one machine: sets up what it needs on Debian 12 / Raspberry Pi OS
+# (system packages, the local broker, .venv), starts the local Event Grid-style broker and simulated
+# Modbus and serial devices, and runs the gateway against them with short-lived JWTs.
+#
+#   ./deploy/demo.sh                       run until Ctrl-C
+#   ./deploy/demo.sh --duration 30         run 30 seconds, then stop and print a summary
+#   ./deploy/demo.sh --token-lifetime 10   10-second tokens: watch in-session refreshes happen
+#   ./deploy/demo.sh --port 18830          the broker's port (loopback only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 
 duration=""
+lifetime=60
+port=18830
+modbus_port=5020
 while (($#)); do
   case "$1" in
     --duration) duration="$2"; shift 2 ;;
-    -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --token-lifetime) lifetime="$2"; shift 2 ;;
+    --port) port="$2"; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 venv=$(deploy/setup-env.sh | tail -n 1)
-config=deploy/examples/simulated.toml
-"$venv/bin/fieldgate" check-config "$config"
+py="$venv/bin/python"
+demo="$root/deploy/.demo"
+mkdir -p "$demo/state"
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+wait_for() {  # wait_for DESCRIPTION COMMAND...: up to 30 s for COMMAND to succeed
+  local what=$1; shift
+  for _ in $(seq 300); do "$@" 2>/dev/null && return 0; sleep 0.1; done
+  echo "demo: $what did not come up; see $demo/*.log" >&2
+  exit 1
+}
+port_open() { "$py" -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1).close()" "$1"; }
+
+echo "demo: starting the local broker on 127.0.0.1:$port (log: deploy/.demo/broker.log)"
+deploy/broker/run.sh --port "$port" --runtime-dir "$demo/broker" >"$demo/broker.log" 2>&1 &
+pids+=($!)
+wait_for "the broker" port_open "$port"
+
+echo "demo: starting simulated Modbus meters (TCP :$modbus_port, RS-485 bus on a pty) and serial sensors"
+"$py" deploy/sim/modbus_devices.py --link "$demo" --tcp-port "$modbus_port" >"$demo/modbus-sim.log" 2>&1 &
+pids+=($!)
+"$py" deploy/sim/serial_devices.py --link "$demo" >"$demo/serial-sim.log" 2>&1 &
+pids+=($!)
+wait_for "the Modbus simulator" test -e "$demo/rs485-1"
+wait_for "the serial simulator" test -e "$demo/scale"
+wait_for "the Modbus TCP meter" port_open "$modbus_port"
+
+sed -e "s|@ROOT@|$root|g" -e "s|@DEMO@|$demo|g" -e "s|@PORT@|$port|g" -e "s|@LIFETIME@|$lifetime|g" \
+  deploy/demo.toml.in >"$demo/demo.toml"
+"$venv/bin/fieldgate" check-config "$demo/demo.toml"
 echo
-echo "demo: running the simulated devices; each line below is a message the gateway would publish"
-args=(run --config "$config" --dry-run)
+echo "demo: running the gateway ($lifetime-second tokens); Ctrl-C stops it"
+args=(run --config "$demo/demo.toml")
 [[ -n "$duration" ]] && args+=(--duration "$duration")
-exec "$venv/bin/fieldgate" "${args[@]}"
+set +e
+"$venv/bin/fieldgate" "${args[@]}" 2>&1 | tee "$demo/gateway.log"
+status=${PIPESTATUS[0]}
+set -e
+
+connects=$(grep -c "connect accepted" "$demo/broker.log" || true)
+reauths=$(grep -c "re-authenticated" "$demo/broker.log" || true)
+refused=$(grep -c "denied\|refused" "$demo/broker.log" || true)
+echo
+echo "demo summary"
+echo "  broker: $connects connection(s) accepted, $reauths in-session refreshes (AUTH 0x19 -> 0x00), $refused refusals"
+grep -o "stats: .*" "$demo/gateway.log" | tail -n 1 | sed 's/^/  gateway: /'
+exit "$status"
