@@ -21,6 +21,10 @@ T = TypeVar("T")
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
+#: The rule for every name a user gives (gateway id, site, devices, points, buses, commands, ...).
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+NAME_WHY = "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
 
 def key_path(parent: str, key: str | int) -> str:
     """Join a key to a dotted TOML path, quoting keys that are not bare and indexing arrays."""
@@ -102,6 +106,9 @@ class Secret:
 
 
 _MISSING: object = object()
+_ENTRIES_WHY = (
+    "expected {what}s keyed by name ([{where}.<name>] tables) or an array of tables each with a name"
+)
 
 
 class Table:
@@ -322,6 +329,80 @@ class Table:
                 outer.problem(name, "expected a table", value)
                 continue
             result.append((name, Table(value, outer.here(name), self.problems)))
+        return result
+
+    def named_entries(self, key: str, *, what: str = "entry") -> list[tuple[str, Table]]:
+        """Named sub-entries written either way, as ``(name, table)`` in file order.
+
+        Keyed by name (preferred: TOML itself refuses a name given twice)::
+
+            [devices.x.points.voltage]          # or points = { voltage = { ... } }
+
+        or as an array of tables each with a ``name`` key::
+
+            [[devices.x.points]]                # or points = [ { name = "voltage", ... } ]
+            name = "voltage"
+
+        Names follow :data:`NAME_PATTERN`. In the keyed form a ``name`` key may repeat the key but
+        not contradict it. In the array form a name used twice is reported and the later entry left
+        out, so a caller never sees a duplicate. An entry that is not a table, or an array entry
+        without a usable name, is reported and left out. ``what`` names the entries in messages
+        ("point", "command"). A missing key gives an empty list; whether that is allowed is the
+        caller's business.
+        """
+        raw = self._get(key, False)
+        if raw is _MISSING:
+            return []
+        where = self.here(key)
+        if isinstance(raw, Mapping):
+            return self._keyed_entries(raw, where, what)
+        if isinstance(raw, list):
+            return self._array_entries(raw, where, what)
+        self.problem(key, _ENTRIES_WHY.format(what=what, where=where), raw)
+        return []
+
+    def _keyed_entries(self, raw: Mapping[str, object], where: str, what: str) -> list[tuple[str, Table]]:
+        if raw and not any(isinstance(v, Mapping) for v in raw.values()):
+            # One plain [x.points] table of settings: a single entry written without its name.
+            self.problems.add(where, _ENTRIES_WHY.format(what=what, where=where))
+            return []
+        result: list[tuple[str, Table]] = []
+        for name, value in raw.items():
+            path = key_path(where, name)
+            if not isinstance(value, Mapping):
+                self.problems.add(path, f"expected a table (one per {what}, keyed by its name)", value)
+                continue
+            if re.fullmatch(NAME_PATTERN, name) is None:
+                self.problems.add(path, NAME_WHY, name)
+            entry = Table(value, path, self.problems)
+            if "name" in value:
+                entry.consume("name")
+                if value["name"] != name:
+                    entry.problem(
+                        "name",
+                        f'contradicts the table key "{name}" (the key names the {what}; leave name out)',
+                        value["name"],
+                    )
+            result.append((name, entry))
+        return result
+
+    def _array_entries(self, raw: list[object], where: str, what: str) -> list[tuple[str, Table]]:
+        result: list[tuple[str, Table]] = []
+        first: dict[str, str] = {}
+        for i, item in enumerate(raw):
+            path = key_path(where, i)
+            if not isinstance(item, Mapping):
+                self.problems.add(path, f'expected a table with name = "..." (one per {what})', item)
+                continue
+            entry = Table(item, path, self.problems)
+            name = entry.string("name", pattern=NAME_PATTERN, pattern_why=NAME_WHY)
+            if not name or not isinstance(item.get("name"), str):
+                continue
+            if name in first:
+                entry.problem("name", f"duplicate {what} name (first at {first[name]})", name)
+                continue
+            first[name] = path
+            result.append((name, entry))
         return result
 
     def array_of_tables(self, key: str) -> list[Table]:

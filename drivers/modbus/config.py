@@ -268,7 +268,7 @@ class _MapDraft:
     max_gap: int | None
     forbidden: tuple[AddressRange, ...]
     points: tuple[_PointDraft, ...]
-    #: Point tables present, valid or not (so a map whose points all failed is not also called empty).
+    #: Point entries present, valid or not (so a map whose points all failed is not also called empty).
     declared: int
 
 
@@ -294,7 +294,7 @@ def _read_map(t: Table) -> _MapDraft:
         else:
             forbidden.append(parsed)
     drafts: list[_PointDraft] = []
-    point_tables = t.named_tables("points")
+    point_tables = t.named_entries("points", what="point")
     for pname, pt in point_tables:
         draft = _read_point(pname, pt, order or Order.ABCD)
         if draft is not None:
@@ -309,7 +309,8 @@ def _read_map(t: Table) -> _MapDraft:
         max_gap,
         tuple(forbidden),
         tuple(drafts),
-        len(point_tables),
+        # Entries present, valid or not (missing/empty is 0; a wrong type was reported already).
+        len(point_tables) or (1 if t.data.get("points") else 0),
     )
 
 
@@ -595,9 +596,9 @@ def parse_config(section: Table | None, devices: Sequence[tuple[str, Table]]) ->
     default_connections = 1
     if section_t is not None:
         default_connections = section_t.integer("max_connections_per_host", 1, minimum=1, maximum=64)
-        for bname, bt in section_t.named_tables("buses"):
+        for bname, bt in section_t.named_entries("buses", what="bus"):
             buses[bname] = _read_bus(bname, bt)
-        for mname, mt in section_t.named_tables("profiles"):
+        for mname, mt in section_t.named_entries("profiles", what="profile"):
             draft = _read_map(mt)
             mt.finish()
             profiles[mname] = draft

@@ -439,17 +439,14 @@ def _parser_fields(parser: ParserSpec | None) -> tuple[frozenset[str] | None, st
 
 
 def parse_points(owner: Table, parser: ParserSpec | None, *, required: bool) -> tuple[PointSpec, ...]:
-    tables = owner.array_of_tables("points")
-    if required and not tables:
-        owner.problem("points", "at least one point is required ([[...points]] with name and field)")
+    entries = owner.named_entries("points", what="point")
+    if required and not owner.data.get("points"):  # missing or empty; a wrong type is reported already
+        owner.problem(
+            "points", f"at least one point is required ([{owner.here('points')}.<name>] with a field)"
+        )
     known, hint = _parser_fields(parser)
     points: list[PointSpec] = []
-    seen: set[str] = set()
-    for t in tables:
-        name = t.string("name", pattern=r"[A-Za-z0-9_.:-]+", pattern_why="use letters, digits and _ . : -")
-        if name in seen:
-            t.problem("name", "is used by another point of this device", name)
-        seen.add(name)
+    for name, t in entries:
         raw_field = t.raw("field")
         field: str = name
         if raw_field is not None:
@@ -541,7 +538,7 @@ def parse_device(
         if device.has("points"):
             device.problem("points", "a polled device lists its points under each command")
             device.consume("points")
-        for cname, ct in device.named_tables("commands"):
+        for cname, ct in device.named_entries("commands", what="command"):
             send = read_bytes(ct, "send")
             interval = ct.number("interval", 1.0, positive=True, maximum=86400)
             timeout = ct.number("timeout", 1.0, positive=True, maximum=60)
@@ -555,8 +552,10 @@ def parse_device(
             commands.append(
                 CommandSpec(cname, send, interval, timeout, cframing, cparser or NmeaParser(), cpoints)
             )
-        if not commands and not device.has("commands"):
-            device.problem("commands", "a polled device needs at least one [devices.<name>.commands.<cmd>]")
+        if not device.data.get("commands"):  # missing or empty; a wrong type is reported already
+            device.problem(
+                "commands", f"a polled device needs at least one command ([{device.here('commands')}.<name>])"
+            )
         names = [p.name for c in commands for p in c.points]
         for dup in sorted({n for n in names if names.count(n) > 1}):
             device.problem("commands", f"point {dup!r} is read by more than one command")

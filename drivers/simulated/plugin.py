@@ -63,25 +63,15 @@ class SimulatedPlugin:
 
 def _device(name: str, table: Table) -> SimDevice:
     interval = table.number("interval", 1.0, minimum=0.001, maximum=86_400)
-    points = []
-    point_tables = table.array_of_tables("points")
-    if not point_tables:
-        table.problem("points", "a device needs at least one [[devices.<name>.points]] entry")
-    seen: set[str] = set()
-    for index, pt in enumerate(point_tables):
-        point = _point(pt, index)
-        if point.name in seen:
-            pt.problem("name", "duplicate point name in this device", point.name)
-        seen.add(point.name)
-        points.append(point)
+    entries = table.named_entries("points", what="point")
+    if not table.data.get("points"):  # missing or empty; a wrong type is reported by named_entries
+        table.problem("points", f"a device needs at least one point ([{table.here('points')}.<name>])")
+    points = tuple(_point(pname, pt, index) for index, (pname, pt) in enumerate(entries))
     table.finish()
-    return SimDevice(name=name, interval=interval, points=tuple(points))
+    return SimDevice(name=name, interval=interval, points=points)
 
 
-def _point(table: Table, index: int) -> SimPoint:
-    name = table.string(
-        "name", pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", pattern_why="not a valid point name"
-    )
+def _point(name: str, table: Table, index: int) -> SimPoint:
     signal = table.string("signal", "sine", choices=SIGNALS)
     minimum = table.number("min", 0.0)
     maximum = table.number("max", 100.0)

@@ -20,11 +20,9 @@ from gateway.config.model import (
 )
 from gateway.errors import ConfigError
 from gateway.registry import available_drivers, load_driver
-from gateway.schema import Problems, Table
+from gateway.schema import NAME_PATTERN, NAME_WHY, Problems, Table
 from gateway.topics import TemplateError, TopicTemplate, compile_template
 
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-NAME_WHY = "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 DEFAULT_TOPIC = "sites/{site}/{gateway}/{device}/telemetry"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Keys of a device table that the core reads; the driver plugin gets the rest.
