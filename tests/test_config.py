@@ -75,3 +75,22 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 
     assert str(tmp_path / "nope.toml") in str(info.value)
     assert "cannot read the file" in str(info.value)
+
+
+def test_simulated_points_keyed_by_name_or_listed_with_names_give_the_same_config(tmp_path: Path) -> None:
+    head = '[gateway]\nid = "gw-1"\nsite = "plant-1"\n[devices.boiler]\ndriver = "simulated"\n'
+    keyed = tmp_path / "keyed.toml"
+    keyed.write_text(
+        head
+        + '[devices.boiler.points.temperature]\nunit = "degC"\n[devices.boiler.points.pressure]\nmax = 4\n'
+    )
+    listed = tmp_path / "listed.toml"
+    listed.write_text(
+        head + 'points = [{ name = "temperature", unit = "degC" }, { name = "pressure", max = 4 }]\n'
+    )
+
+    keyed_setups = load_config(keyed).drivers
+    listed_setups = load_config(listed).drivers
+
+    assert [s.config for s in keyed_setups] == [s.config for s in listed_setups]
+    assert [p.name for p in keyed_setups[0].config.devices[0].points] == ["temperature", "pressure"]

@@ -269,3 +269,72 @@ def test_the_plugin_and_its_command_are_registered_as_entry_points() -> None:
     assert load_driver("serial") is plugin
     (command,) = [ep for ep in entry_points(group="fieldgate.commands") if ep.name == "serial"]
     assert command.load() is register
+
+
+KEYED = r"""
+[devices.scale]
+driver = "serial"
+port = "/dev/ttyUSB1"
+mode = "polled"
+parser = { kind = "keyvalue" }
+
+[devices.scale.commands.weight]
+send = "W\r\n"
+
+[devices.scale.commands.weight.points.weight]
+field = "W"
+unit = "kg"
+
+[devices.scale.commands.weight.points.tare]
+field = "T"
+
+[devices.scale.commands.status]
+send = "S\r\n"
+points.overload = { field = "OL", type = "bool" }
+
+[devices.tank]
+driver = "serial"
+port = "/dev/ttyUSB2"
+parser = { kind = "csv" }
+
+[devices.tank.points.level]
+field = 0
+"""
+
+ARRAYS = r"""
+[devices.scale]
+driver = "serial"
+port = "/dev/ttyUSB1"
+mode = "polled"
+parser = { kind = "keyvalue" }
+
+[[devices.scale.commands]]
+name = "weight"
+send = "W\r\n"
+points = [{ name = "weight", field = "W", unit = "kg" }, { name = "tare", field = "T" }]
+
+[[devices.scale.commands]]
+name = "status"
+send = "S\r\n"
+
+[[devices.scale.commands.points]]
+name = "overload"
+field = "OL"
+type = "bool"
+
+[devices.tank]
+driver = "serial"
+port = "/dev/ttyUSB2"
+parser = { kind = "csv" }
+points = [{ name = "level", field = 0 }]
+"""
+
+
+def test_points_and_commands_keyed_by_name_or_listed_with_names_give_the_same_config() -> None:
+    keyed, keyed_problems = parse(KEYED)
+    listed, listed_problems = parse(ARRAYS)
+
+    assert keyed_problems == listed_problems == []
+    assert keyed == listed
+    assert [c.name for c in keyed.specs[0].commands] == ["weight", "status"]
+    assert [p.name for p in keyed.specs[0].all_points] == ["weight", "tare", "overload"]

@@ -237,3 +237,61 @@ address = 2
     assert check_write(mode, 4) is None
     assert "not one of the allowed values" in (check_write(mode, 2) or "")
     assert "not writable" in (check_write(ro, 1) or "")
+
+
+def test_points_keyed_by_name_or_listed_with_names_give_the_same_config() -> None:
+    keyed, keyed_problems = parse(
+        """
+        [drivers.modbus.buses.line]
+        port = "/dev/ttyUSB0"
+        [drivers.modbus.profiles.meter.points.voltage]
+        address = 0
+        unit = "V"
+        [drivers.modbus.profiles.meter.points.current]
+        address = 1
+        [devices.m1]
+        driver = "modbus"
+        bus = "line"
+        profile = "meter"
+        [devices.m1.points.relay]
+        table = "coil"
+        address = 3
+        """.replace("\n        ", "\n")
+    )
+    listed, listed_problems = parse(
+        """
+        [[drivers.modbus.buses]]
+        name = "line"
+        port = "/dev/ttyUSB0"
+        [[drivers.modbus.profiles]]
+        name = "meter"
+        points = [{ name = "voltage", address = 0, unit = "V" }, { name = "current", address = 1 }]
+        [devices.m1]
+        driver = "modbus"
+        bus = "line"
+        profile = "meter"
+        [[devices.m1.points]]
+        name = "relay"
+        table = "coil"
+        address = 3
+        """.replace("\n        ", "\n")
+    )
+
+    assert keyed_problems == listed_problems == []
+    assert keyed == listed
+    assert [p.name for p in keyed.links[0].devices[0].points] == ["voltage", "current", "relay"]
+
+
+def test_a_point_listed_twice_is_reported_once_where_it_repeats() -> None:
+    _, problems = parse(
+        """
+        [devices.m1]
+        driver = "modbus"
+        host = "10.0.0.9"
+        points = [{ name = "v", address = 0 }, { name = "v", address = 1 }]
+        """.replace("\n        ", "\n")
+    )
+
+    assert problems == [
+        'gateway.toml: devices.m1.points[1].name = "v": duplicate point name (first at devices.m1.points[0])'
+    ]
