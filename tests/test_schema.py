@@ -159,10 +159,10 @@ CASES = [
         """,
         [],
         [
-            "gw.toml: devices.x.points: expected points keyed by name ([devices.x.points.<name>] tables) or an"
-            " array of tables each with a name"
+            "gw.toml: devices.x.points: expected points keyed by name ([devices.x.points.<name>] tables)"
+            " or an array of tables each with a name"
         ],
-        id="one plain table without a name key",
+        id="one plain table of settings",
     ),
     pytest.param(
         """
