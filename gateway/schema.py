@@ -396,7 +396,7 @@ class Table:
                 continue
             entry = Table(item, path, self.problems)
             name = entry.string("name", pattern=NAME_PATTERN, pattern_why=NAME_WHY)
-            if not name or not isinstance(item.get("name"), str):
+            if not name:  # missing, empty or not a string: reported by string()
                 continue
             if name in first:
                 entry.problem("name", f"duplicate {what} name (first at {first[name]})", name)
