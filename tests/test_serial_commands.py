@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.serial_helpers import Pty
 
 from drivers.serial.commands import register
+from tests.serial_helpers import Pty
 
 WEATHER = """
 [gateway]

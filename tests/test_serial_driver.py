@@ -16,13 +16,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from tests.serial_helpers import Collector, Pty, Responder, device_from_toml, wait_for
 
 from drivers.serial.config import PortSpec, RS485Spec
 from drivers.serial.driver import SerialDriver, open_port
 from drivers.serial.framing import checksum_bytes, nmea_sentence
 from gateway.errors import DeviceUnavailable
 from gateway.model import Quality
+from tests.serial_helpers import Collector, Pty, Responder, device_from_toml, wait_for
 
 LOGGER = "fieldgate.serial"
 

@@ -10,11 +10,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from tests.serial_helpers import Collector, wait_for
 
 from drivers.serial import SerialConfig, plugin
 from gateway.model import Quality
 from gateway.schema import Problems, Table
+from tests.serial_helpers import Collector, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "deploy" / "examples").glob("*serial*.toml"))
