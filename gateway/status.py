@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 STATUS_FILE = "status.json"
+DEFAULT_STATE_DIR = "/var/lib/fieldgate"
 #: Seconds between writes of the status file.
 STATUS_INTERVAL = 5.0
 #: A file older than this many intervals means the service is not running.
@@ -308,16 +310,21 @@ def _state_dir(args: argparse.Namespace) -> Path | None:
     if args.state_dir:
         return Path(args.state_dir)
     if args.config:
-        from gateway.config import load_config
-        from gateway.errors import ConfigError
-
+        # Only [gateway] state_dir is needed: no full validation, which would need every driver the
+        # service uses to be importable here.
+        source = Path(args.config)
         try:
-            return load_config(args.config, offline=True).gateway.state_dir
-        except ConfigError as exc:
-            print(str(exc), file=sys.stderr)
+            data = tomllib.loads(source.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            print(f"fieldgate status: cannot read {source}: {exc}", file=sys.stderr)
             return None
+        gateway = data.get("gateway")
+        state_dir = gateway.get("state_dir") if isinstance(gateway, dict) else None
+        if isinstance(state_dir, str) and state_dir:
+            return source.resolve().parent / state_dir
+        return Path(DEFAULT_STATE_DIR)
     # systemd sets STATE_DIRECTORY for the service; an operator's shell usually has not.
-    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/fieldgate").split(":")[0])
+    return Path(os.environ.get("STATE_DIRECTORY", DEFAULT_STATE_DIR).split(":")[0])
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -1,0 +1,151 @@
+"""An operator looks at the running gateway: `fieldgate status` and the Prometheus endpoint.
+
+These runs use --dry-run (the uplink is not merged into this branch): the uplink figures come from the
+sink's optional ``stats`` and show as a dry run here; the file and endpoint carry them when present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from gateway.status import (
+    STATUS_FILE,
+    PipelineStatus,
+    Snapshot,
+    UplinkStatus,
+    read_status_file,
+    write_status_file,
+)
+from tests.service.conftest import SIMULATED, start_gateway, write_config
+
+FLAKY = """
+[devices.flaky]
+driver = "faulty"
+interval = 0.05
+points = ["flow"]
+bad_points = ["pressure"]     # never answers
+"""
+
+
+def fieldgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def sample(metrics: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)$"
+    for line in metrics.splitlines():
+        if m := re.match(pattern, line):
+            return float(m.group(1))
+    raise AssertionError(f"no sample {name}{{{wanted}}} in:\n{metrics}")
+
+
+async def scrape(url: str) -> str:
+    # urllib blocks: keep it off the test's event loop.
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    return await asyncio.to_thread(get)
+
+
+async def test_status_and_metrics_report_devices_pipeline_and_errors_during_a_run(tmp_path: Path) -> None:
+    config = write_config(tmp_path, SIMULATED + FLAKY, metrics=True)
+    process = await start_gateway(config)
+    try:
+        line = await process.wait_for(lambda s: "metrics on http://" in s, stream="stderr")
+        url = line.split("metrics on ", 1)[1].strip()
+        assert url.startswith("http://127.0.0.1:")
+        await process.wait_for(lambda s: '"seq":60,' in s)
+
+        metrics = await scrape(url)
+        assert sample(metrics, "fieldgate_readings_total", device="alpha") > 10
+        assert sample(metrics, "fieldgate_readings_total", device="flaky") > 10
+        assert sample(metrics, "fieldgate_driver_errors_total", device="flaky") > 5
+        assert sample(metrics, "fieldgate_driver_errors_total", device="alpha") == 0
+        assert sample(metrics, "fieldgate_device_failing_points", device="flaky") == 1
+        assert sample(metrics, "fieldgate_publish_outcomes_total", outcome="delivered") > 10
+        assert sample(metrics, "fieldgate_store_capacity") == 100000
+        assert sample(metrics, "fieldgate_permission_denials_total") == 0
+        assert sample(metrics, "fieldgate_token_refreshes_total", result="failed") == 0
+        assert sample(metrics, "fieldgate_watchdog_healthy") == 1
+        assert sample(metrics, "fieldgate_info", gateway="gw-svc", site="lab") == 1
+        assert "process_resident_memory_bytes" in metrics
+
+        # The status file is rewritten every 5 s: wait for one written while readings flow.
+        status_file = tmp_path / "state" / STATUS_FILE
+        async with asyncio.timeout(15):
+            while not (status_file.exists() and read_status_file(status_file).pipeline.readings):
+                await asyncio.sleep(0.2)
+        status = fieldgate("status", "--config", str(config))
+        assert status.returncode == 0, status.stdout + status.stderr
+        out = status.stdout
+        assert out.startswith("fieldgate gw-svc at site lab: running\n")
+        assert "uplink: dry run" in out
+        assert re.search(r"  alpha \(simulated\): ok, last reading \d+s ago, \d+ readings, 0 bad", out), out
+        assert re.search(
+            r"  flaky \(faulty\): 1 points failing, .*\n    last error \d+s ago: pressure: timeout", out
+        )
+
+        process.signal(signal.SIGTERM)
+        assert await process.wait() == 0
+    finally:
+        await process.kill()
+
+    stopped = fieldgate("status", "--state-dir", str(tmp_path / "state"))
+    assert stopped.returncode == 3
+    assert stopped.stdout.startswith("fieldgate gw-svc at site lab: stopped")
+
+
+def old_snapshot(age: float) -> Snapshot:
+    now = time.time()
+    return Snapshot(
+        gateway="gw-old",
+        site="lab",
+        config="/etc/fieldgate/fieldgate.toml",
+        pid=12345,
+        state="running",
+        started_at=now - 3600,
+        written_at=now - age,
+        uplink=UplinkStatus(
+            kind="mqtt", connected=True, connected_since=now - 1800, token_expires_at=now + 600
+        ),
+        pipeline=PipelineStatus(readings=10),
+    )
+
+
+def test_status_of_a_service_that_stopped_writing_is_stale(tmp_path: Path) -> None:
+    write_status_file(tmp_path / STATUS_FILE, old_snapshot(age=120))
+
+    result = fieldgate("status", "--state-dir", str(tmp_path))
+
+    assert result.returncode == 3
+    assert "gw-old at site lab: not running (status file is stale)" in result.stdout
+    assert "status written 2m ago" in result.stdout
+
+
+def test_status_shows_uplink_and_token_figures(tmp_path: Path) -> None:
+    write_status_file(tmp_path / STATUS_FILE, old_snapshot(age=1))
+
+    result = fieldgate("status", "--state-dir", str(tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert "uplink: connected since " in result.stdout and "(30m), 0 connects" in result.stdout
+    assert "token expires in 10m; refreshes 0 ok, 0 failed" in result.stdout
+
+
+def test_status_without_a_status_file_says_so(tmp_path: Path) -> None:
+    result = fieldgate("status", "--state-dir", str(tmp_path))
+
+    assert result.returncode == 4
+    assert "no service ran with this state directory" in result.stderr
