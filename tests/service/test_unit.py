@@ -58,6 +58,7 @@ def test_the_sandbox_scores_below_two(tmp_path: Path) -> None:
         "DeviceAllow=",
         "IPAddressDeny=",
         "UMask=",
+        "ProcSubset=",
     }, open_items
 
 
