@@ -113,3 +113,82 @@ def test_python_cryptography_and_the_gateway_run_with_memory_deny_write_execute(
     assert "crypto and imports ok" in result.stdout
     assert "/alpha/telemetry " in result.stdout
     assert "fieldgate.app: stopped" in result.stderr
+
+
+def syscalls(group: str, analyze: str, seen: dict[str, set[str]]) -> set[str]:
+    """The system calls of a systemd syscall group, nested groups expanded."""
+    if group in seen:
+        return seen[group]
+    listing = subprocess.run(
+        [analyze, "syscall-filter", group], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    names: set[str] = set()
+    for line in listing[1:]:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        names |= syscalls(entry, analyze, seen) if entry.startswith("@") else {entry}
+    seen[group] = names
+    return names
+
+
+SECCOMP_RUN = """
+import errno, json, os, runpy, sys, time
+import pyseccomp as seccomp
+allowed = json.loads(sys.argv[2])
+# What SystemCallFilter=@system-service ~@privileged @resources with SystemCallErrorNumber=EPERM does.
+rules = seccomp.SyscallFilter(defaction=seccomp.ERRNO(errno.EPERM))
+for name in allowed:
+    try:
+        rules.add_rule(seccomp.ALLOW, name)
+    except (RuntimeError, ValueError, OSError):
+        pass  # not a system call of this architecture
+rules.load()
+try:
+    os.setuid(os.getuid())  # @privileged: must be refused now
+    raise SystemExit("setuid allowed: the filter is not in force")
+except PermissionError:
+    pass
+import jwt, sqlite3, serial
+from cryptography.hazmat.primitives.asymmetric import rsa
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+jwt.decode(jwt.encode({"sub": "gw", "exp": time.time() + 60}, key, algorithm="RS256"),
+           key.public_key(), algorithms=["RS256"])
+db = sqlite3.connect(sys.argv[3])
+db.execute("create table if not exists m (id integer primary key, body blob)")
+db.execute("insert into m (body) values (?)", (b"x",))
+db.commit()
+controller, device = os.openpty()
+port = serial.Serial(os.ttyname(device), 9600, timeout=0.1)
+port.write(b"ping")
+assert os.read(controller, 4) == b"ping"
+port.close()
+print("crypto, sqlite and serial ok", flush=True)
+sys.argv = ["fieldgate", "run", "--config", sys.argv[1], "--dry-run", "--duration", "1.5"]
+runpy.run_module("gateway.cli", run_name="__main__")
+"""
+
+
+def test_the_gateway_runs_under_the_units_system_call_filter(tmp_path: Path) -> None:
+    import json
+
+    from tests.service.conftest import SIMULATED, write_config
+
+    analyze = shutil.which("systemd-analyze")
+    assert analyze
+    seen: dict[str, set[str]] = {}
+    allowed = syscalls("@system-service", analyze, seen) - syscalls("@privileged", analyze, seen)
+    allowed -= syscalls("@resources", analyze, seen)
+    assert "setuid" not in allowed and "setrlimit" not in allowed and "epoll_wait" in allowed
+    config = write_config(tmp_path, SIMULATED, metrics=True)
+    result = subprocess.run(
+        [sys.executable, "-c", SECCOMP_RUN, str(config), json.dumps(sorted(allowed)), str(tmp_path / "s.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "crypto, sqlite and serial ok" in result.stdout
+    assert "/alpha/telemetry " in result.stdout
+    assert "metrics on http://127.0.0.1:" in result.stderr and "fieldgate.app: stopped" in result.stderr
