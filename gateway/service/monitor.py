@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.logs import flush_suppressed
 from gateway.service.notify import Notifier
 from gateway.service.watchdog import Liveness, describe
 from gateway.status import STATUS_FILE, STATUS_INTERVAL, Snapshot, take_snapshot, write_status_file
@@ -114,6 +115,8 @@ class ServiceMonitor:
                     self._state = "stopping"
                     self._notifier.stopping("stopping: flushing queued readings")
                 self._check_liveness()
+                # "suppressed K similar messages" lines for rate-limit windows that are over.
+                flush_suppressed()
                 if interval and not self._stuck and now - last_ping >= interval:
                     self._notifier.watchdog()
                     last_ping = now
