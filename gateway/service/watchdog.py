@@ -26,12 +26,18 @@ from typing import Protocol
 from gateway.model import Driver, Heartbeat
 from gateway.pipeline import ReadingQueue
 from gateway.router import Router
-from gateway.store import MemoryStore
+from gateway.store import StoreStats
 
 #: The router only computes: 15 s without routing a queued poll cycle is far beyond any honest delay.
 ROUTER_STALL = 15.0
 #: With the uplink connected, its keep-alive (at most a few minutes) notices a dead broker long before this.
 PUMP_STALL = 180.0
+
+
+class StoreView(Protocol):
+    """What the checks read of the store (the memory and the SQLite store both have it)."""
+
+    def stats(self) -> StoreStats: ...
 
 
 class WatchedGateway(Protocol):
@@ -44,7 +50,7 @@ class WatchedGateway(Protocol):
     def router(self) -> Router: ...
 
     @property
-    def store(self) -> MemoryStore: ...
+    def store(self) -> StoreView: ...
 
     @property
     def sink(self) -> object: ...
