@@ -129,6 +129,26 @@ class Snapshot:
     def is_stale(self, now: float) -> bool:
         return now - self.written_at > STALE_INTERVALS * self.interval
 
+    def process_gone(self) -> bool:
+        """True when the process that wrote the file no longer exists (it died without saying so)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # it exists, under another user (the service's): not ours to signal
+        return False
+
+    def not_running_because(self, now: float) -> str | None:
+        """Why the service is not running (stopped, stale file, process gone), or None while it runs."""
+        if self.state == "stopped":
+            return "stopped"
+        if self.is_stale(now):
+            return "not running (status file is stale)"
+        if self.process_gone():
+            return f"not running (process {self.pid} is gone)"
+        return None
+
 
 def _stat(stats: object, name: str) -> float | None:
     value = getattr(stats, name, None)
@@ -258,8 +278,7 @@ def _when(ts: float) -> str:
 
 
 def format_status(snap: Snapshot, now: float, out: TextIO) -> None:
-    stale = snap.is_stale(now)
-    state = "not running (status file is stale)" if stale and snap.state != "stopped" else snap.state
+    state = snap.not_running_because(now) or snap.state
     out.write(f"fieldgate {snap.gateway} at site {snap.site}: {state}\n")
     out.write(f"  pid {snap.pid}, up since {_when(snap.started_at)}, config {snap.config}\n")
     out.write(f"  status written {_ago(now - snap.written_at)} ago\n")
@@ -345,7 +364,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(snap.to_json() + "\n")
     else:
         format_status(snap, now, sys.stdout)
-    if snap.state == "stopped" or snap.is_stale(now):
+    if snap.not_running_because(now) is not None:
         return EXIT_NOT_RUNNING
     return EXIT_PROBLEM if snap.stuck else EXIT_RUNNING
 

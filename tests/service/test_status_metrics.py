@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 import signal
 import socket
@@ -116,13 +117,13 @@ async def test_status_and_metrics_report_devices_pipeline_and_errors_during_a_ru
     assert stopped.stdout.startswith("fieldgate gw-svc at site lab: stopped")
 
 
-def old_snapshot(age: float) -> Snapshot:
+def old_snapshot(age: float, pid: int | None = None) -> Snapshot:
     now = time.time()
     return Snapshot(
         gateway="gw-old",
         site="lab",
         config="/etc/fieldgate/fieldgate.toml",
-        pid=12345,
+        pid=os.getpid() if pid is None else pid,
         state="running",
         started_at=now - 3600,
         written_at=now - age,
@@ -141,6 +142,18 @@ def test_status_of_a_service_that_stopped_writing_is_stale(tmp_path: Path) -> No
     assert result.returncode == 3
     assert "gw-old at site lab: not running (status file is stale)" in result.stdout
     assert "status written 2m ago" in result.stdout
+
+
+def test_status_of_a_service_whose_process_died_says_so_at_once(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    write_status_file(tmp_path / STATUS_FILE, old_snapshot(age=1, pid=int(dead.stdout)))
+
+    result = fieldgate("status", "--state-dir", str(tmp_path))
+
+    assert result.returncode == 3
+    assert f"gw-old at site lab: not running (process {int(dead.stdout)} is gone)" in result.stdout
 
 
 def test_status_shows_uplink_and_token_figures(tmp_path: Path) -> None:
