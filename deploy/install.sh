@@ -146,6 +146,9 @@ if ((uninstall)); then
   [[ -e "$unit" ]] && { rm -f "$unit"; say "removed $unit"; }
   ((systemd)) && systemctl daemon-reload
   [[ -e "$opt" ]] && { rm -rf "$opt"; say "removed $opt"; }
+  if [[ "$(readlink "$root/usr/local/bin/fieldgate" 2>/dev/null)" == /opt/fieldgate/venv/bin/fieldgate ]]; then
+    rm -f "$root/usr/local/bin/fieldgate"
+  fi
   if ((purge)); then
     rm -rf "$etc" "$state"
     say "removed $etc and $state"
@@ -236,6 +239,12 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$digest" ]]; then
   note "installed $("$opt/venv/bin/fieldgate" --version) into $opt/venv"
 fi
 install_file "$src/README.md" "$opt/README.md" 0644 0 0
+# `fieldgate` on the PATH (e.g. `sudo fieldgate status`); the target as the installed system sees it.
+ensure_dir "$root/usr/local/bin" 0755 0 0
+if [[ "$(readlink "$root/usr/local/bin/fieldgate" 2>/dev/null)" != /opt/fieldgate/venv/bin/fieldgate ]]; then
+  ln -sfn /opt/fieldgate/venv/bin/fieldgate "$root/usr/local/bin/fieldgate"
+  note "linked $root/usr/local/bin/fieldgate"
+fi
 
 # -- config -------------------------------------------------------------------------------------------
 if [[ ! -e "$etc/fieldgate.toml" ]]; then
@@ -280,9 +289,9 @@ cat <<EOF
 
 Next steps:
   sudoedit /etc/fieldgate/fieldgate.toml                  # your devices and the [uplink]
-  sudo -u fieldgate /opt/fieldgate/venv/bin/fieldgate check-config /etc/fieldgate/fieldgate.toml
+  sudo -u fieldgate fieldgate check-config /etc/fieldgate/fieldgate.toml
   sudo systemctl restart fieldgate                        # or: systemctl reload fieldgate (devices only)
   journalctl -u fieldgate -f                              # follow the logs
   journalctl -u fieldgate -p err                          # errors only
-  /opt/fieldgate/venv/bin/fieldgate status                # uplink, token, devices at a glance
+  sudo fieldgate status                                   # uplink, token, devices at a glance
 EOF

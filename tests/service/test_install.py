@@ -93,6 +93,7 @@ def test_the_tree_holds_program_unit_config_and_state_with_their_owners(root: Pa
     ).read_bytes()
     assert owner_mode(root / "opt/fieldgate/venv") == (0, 0, "0o755")
 
+    assert os.readlink(root / "usr/local/bin/fieldgate") == "/opt/fieldgate/venv/bin/fieldgate"
     fieldgate = root / "opt/fieldgate/venv/bin/fieldgate"
     version = subprocess.run([str(fieldgate), "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("fieldgate ")
@@ -152,6 +153,7 @@ def test_upgrade_keeps_config_and_data_and_uninstall_keeps_them_until_purge(
     install(root, "--uninstall")
 
     assert not (root / "opt/fieldgate").exists()
+    assert not (root / "usr/local/bin/fieldgate").is_symlink()
     assert not (root / "etc/systemd/system/fieldgate.service").exists()
     assert config.read_text() == config_text and stored.read_bytes() == b"messages waiting"
     assert ids(root)[2] == ["fieldgate"]
