@@ -66,7 +66,7 @@ lookup() { # lookup FILE NAME -> id or empty
   if [[ -z "$root" ]]; then
     if [[ "$1" == *passwd ]]; then id -u "$2" 2>/dev/null || true; else getent group "$2" | cut -d: -f3; fi
   else
-    [[ -f "$1" ]] && awk -F: -v n="$2" '$1 == n { print $3 }' "$1" || true
+    if [[ -f "$1" ]]; then awk -F: -v n="$2" '$1 == n { print $3 }' "$1"; fi
   fi
 }
 free_system_id() { # below 1000, free in both files
@@ -119,7 +119,7 @@ ensure_user() {
 set_attr() {
   local path=$1 mode=$2 uid=$3 gid=$4 current
   current=$(stat -c '%a %u %g' "$path")
-  if [[ "$current" != "$((8#$mode)) $uid $gid" && "$current" != "${mode#0} $uid $gid" ]]; then
+  if [[ "$current" != "${mode#0} $uid $gid" ]]; then
     chown "$uid:$gid" "$path"
     chmod "$mode" "$path"
     note "$path: mode $mode, owner $uid:$gid"
@@ -282,7 +282,10 @@ elif [[ -n "$root" ]]; then
 else
   say "systemd is not running here: start it yourself with $opt/venv/bin/fieldgate run --config $etc/fieldgate.toml"
 fi
-((config_ok)) || { say "the config has problems:"; echo "$check" | sed 's/^/  /'; }
+if ! ((config_ok)); then
+  say "the config has problems:"
+  while IFS= read -r line; do echo "  $line"; done <<<"$check"
+fi
 ((changed)) || say "nothing to change: fieldgate is installed and up to date"
 
 cat <<EOF
