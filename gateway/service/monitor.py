@@ -107,11 +107,16 @@ class ServiceMonitor:
             self._notifier.watchdog()
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(tick):
-                        await asyncio.shield(stopping)
+                if stopping.done():
+                    await asyncio.sleep(tick)
+                else:
+                    # Wake at once when a stop is requested, to say STOPPING=1 without delay.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(tick):
+                            await asyncio.shield(stopping)
                 now = time.monotonic()
-                if stopping.done() and self._state != "stopping":
+                just_stopping = stopping.done() and self._state != "stopping"
+                if just_stopping:
                     self._state = "stopping"
                     self._notifier.stopping("stopping: flushing queued readings")
                 self._check_liveness()
@@ -120,7 +125,7 @@ class ServiceMonitor:
                 if interval and not self._stuck and now - last_ping >= interval:
                     self._notifier.watchdog()
                     last_ping = now
-                if now - last_status >= self._status_interval or stopping.done():
+                if now - last_status >= self._status_interval or just_stopping:
                     self._update_rate(now)
                     snap = self.snapshot()
                     self._notifier.status(status_line(snap))

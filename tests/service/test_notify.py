@@ -8,6 +8,10 @@ import signal
 import time
 from pathlib import Path
 
+from gateway.app import Gateway
+from gateway.config import load_config
+from gateway.model import Message, PublishResult
+from gateway.service import run_service
 from gateway.service.notify import Notifier
 from tests.service.conftest import SIMULATED, NotifyListener, start_gateway, write_config
 
@@ -138,3 +142,35 @@ def test_without_notify_socket_every_call_is_a_no_op() -> None:
 def test_a_watchdog_meant_for_another_process_is_ignored() -> None:
     notifier = Notifier.from_environment({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"})
     assert notifier.watchdog_interval is None
+
+
+class UnackedSink:
+    """A sink whose broker never acknowledges: shutdown waits out its whole grace period."""
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def send(self, message: Message) -> asyncio.Future[PublishResult]:
+        return asyncio.get_running_loop().create_future()
+
+
+async def test_a_long_shutdown_keeps_pinging_at_the_same_pace(
+    tmp_path: Path, notify_socket: NotifyListener
+) -> None:
+    config = load_config(write_config(tmp_path, SIMULATED))  # shutdown_grace = 1
+    gateway = Gateway(config, UnackedSink())
+    notifier = Notifier(notify_socket.address, watchdog_usec=400_000)
+    service = asyncio.create_task(run_service(gateway, notifier))
+    await notify_socket.wait_for(lambda d: "READY=1" in d)
+    await notify_socket.wait_for(lambda d: d.startswith("STATUS="))  # messages are waiting by now
+
+    gateway.stop()
+    stopping = await notify_socket.wait_for(lambda d: d.startswith("STOPPING=1"))
+    started = time.monotonic()
+    await service
+    took = time.monotonic() - started
+
+    after = notify_socket.datagrams[stopping + 1 :]
+    assert took >= 0.9  # the grace period was waited out
+    assert sum(is_watchdog(d) for d in after) <= took / 0.2 + 2
+    assert len(after) - sum(is_watchdog(d) for d in after) <= 2, after
