@@ -164,9 +164,9 @@ async def test_a_long_shutdown_keeps_pinging_at_the_same_pace(
     await notify_socket.wait_for(lambda d: "READY=1" in d)
     await notify_socket.wait_for(lambda d: d.startswith("STATUS="))  # messages are waiting by now
 
+    started = time.monotonic()
     gateway.stop()
     stopping = await notify_socket.wait_for(lambda d: d.startswith("STOPPING=1"))
-    started = time.monotonic()
     await service
     took = time.monotonic() - started
 
