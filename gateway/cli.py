@@ -127,16 +127,24 @@ def make_sink(config: Config, *, dry_run: bool) -> MessageSink:
     return make_uplink(config)
 
 
+#: sysexits' EX_CONFIG: ``run`` refused its config. The unit's ``RestartPreventExitStatus=78`` keeps
+#: systemd from restarting it in a loop until the file is fixed.
+EXIT_CONFIG = 78
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         setup_logging("info", args.log_format or "text")
         log.error("%s", exc)
-        return 1
+        return EXIT_CONFIG
     setup_logging(args.log_level or config.gateway.log_level, args.log_format or config.gateway.log_format)
     try:
         return asyncio.run(_run(config, dry_run=args.dry_run, duration=args.duration))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
     except FieldgateError as exc:
         log.error("%s", exc)
         return 1

@@ -130,6 +130,17 @@ async def test_abstract_socket_names_are_supported(tmp_path: Path) -> None:
         listener.close()
 
 
+async def test_a_refused_config_exits_78_so_systemd_does_not_restart_it(
+    tmp_path: Path, notify_socket: NotifyListener
+) -> None:
+    config = write_config(tmp_path, SIMULATED.replace("interval = 0.05", 'interval = "fast"'))
+    process = await start_gateway(config, NOTIFY_SOCKET=notify_socket.address, WATCHDOG_USEC=WATCHDOG_USEC)
+
+    assert await process.wait() == 78
+    assert any("devices.alpha.interval" in line for line in process.stderr)
+    assert notify_socket.datagrams == []  # never READY
+
+
 def test_without_notify_socket_every_call_is_a_no_op() -> None:
     notifier = Notifier.from_environment({})
     assert not notifier.enabled

@@ -68,7 +68,7 @@ def test_the_unit_says_what_the_issue_asks() -> None:
     unit.read_string(UNIT.read_text())
     service = unit["Service"]
     assert service["Type"] == "notify" and service["WatchdogSec"] == "30"
-    assert service["Restart"] == "on-failure"
+    assert service["Restart"] == "on-failure" and service["RestartPreventExitStatus"] == "78"
     assert unit["Unit"]["StartLimitBurst"] == "5"
     assert service["User"] == "fieldgate" and service["SupplementaryGroups"] == "dialout"
     assert (
