@@ -187,7 +187,8 @@ class MetricsServer:
             raise MetricsError(
                 f"[metrics]: cannot listen on {self.settings.listen}:{self.settings.port}: {exc.strerror}"
             ) from exc
-        log.info("metrics on http://%s:%d/metrics", self.settings.listen, self.port)
+        host = f"[{self.settings.listen}]" if ":" in self.settings.listen else self.settings.listen
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
 
     def close(self) -> None:
         if self._server is not None:

@@ -31,11 +31,16 @@ async def run_service(gateway: Gateway, notifier: Notifier | None = None) -> Non
     await asyncio.to_thread(warn_exposed_secret_files, config)
     metrics = None
     if config.metrics.enabled:
-        from gateway.metrics import MetricsServer
+        from gateway.metrics import MetricsError, MetricsServer
 
         metrics = MetricsServer(config.metrics)
-        # Binding a socket and starting the server thread: quick, but blocking.
-        await asyncio.to_thread(metrics.start)
+        try:
+            # Binding a socket and starting the server thread: quick, but blocking.
+            await asyncio.to_thread(metrics.start)
+        except MetricsError as exc:
+            # The readings matter more than their figures: run on without the endpoint.
+            log.error("%s; running without the metrics endpoint", exc)
+            metrics = None
     monitor = ServiceMonitor(
         gateway,
         notifier,

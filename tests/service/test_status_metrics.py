@@ -117,6 +117,25 @@ async def test_status_and_metrics_report_devices_pipeline_and_errors_during_a_ru
     assert stopped.stdout.startswith("fieldgate gw-svc at site lab: stopped")
 
 
+async def test_a_taken_metrics_port_does_not_stop_the_readings(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, SIMULATED, extra="")
+        config.write_text(config.read_text() + f"\n[metrics]\nenabled = true\nport = {port}\n")
+        process = await start_gateway(config)
+        try:
+            line = await process.wait_for(
+                lambda s: "running without the metrics endpoint" in s, stream="stderr"
+            )
+            await process.wait_for(lambda s: "/alpha/telemetry " in s)
+        finally:
+            await process.kill()
+    assert f"[metrics]: cannot listen on 127.0.0.1:{port}: Address already in use" in line
+    assert " ERROR " in line
+
+
 def old_snapshot(age: float, pid: int | None = None) -> Snapshot:
     now = time.time()
     return Snapshot(
