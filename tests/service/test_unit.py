@@ -79,12 +79,21 @@ def test_the_unit_says_what_the_issue_asks() -> None:
 
 
 MDWE_RUN = """
-import ctypes, mmap, runpy, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-# PR_SET_MDWE (65), PR_MDWE_REFUSE_EXEC_GAIN: what MemoryDenyWriteExecute= enforces, with a prctl.
-assert libc.prctl(65, 1, 0, 0, 0) == 0, ctypes.get_errno()
+import errno, mmap, runpy, sys, time
+import pyseccomp as seccomp
+# The seccomp rules systemd 252 installs for MemoryDenyWriteExecute=yes (works on any kernel, unlike
+# prctl(PR_SET_MDWE), which needs Linux 6.3).
+W_X = mmap.PROT_WRITE | mmap.PROT_EXEC
+SHM_EXEC = 0o100000
+rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+refuse = seccomp.ERRNO(errno.EPERM)
+rules.add_rule(refuse, "mmap", seccomp.Arg(2, seccomp.MASKED_EQ, W_X, W_X))
+rules.add_rule(refuse, "mprotect", seccomp.Arg(2, seccomp.MASKED_EQ, mmap.PROT_EXEC, mmap.PROT_EXEC))
+rules.add_rule(refuse, "pkey_mprotect", seccomp.Arg(2, seccomp.MASKED_EQ, mmap.PROT_EXEC, mmap.PROT_EXEC))
+rules.add_rule(refuse, "shmat", seccomp.Arg(2, seccomp.MASKED_EQ, SHM_EXEC, SHM_EXEC))
+rules.load()
 try:
-    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | W_X)
     raise SystemExit("W+X memory still allowed: the test would prove nothing")
 except PermissionError:
     pass
@@ -94,6 +103,8 @@ for key, alg in ((rsa.generate_private_key(public_exponent=65537, key_size=2048)
                  (ec.generate_private_key(ec.SECP256R1()), "ES256")):
     token = jwt.encode({"sub": "gw", "exp": time.time() + 60}, key, algorithm=alg)
     jwt.decode(token, key.public_key(), algorithms=[alg])
+import ctypes
+assert ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)() == 7  # libffi closures (cffi callbacks use them)
 import aiomqtt, paho.mqtt.client, prometheus_client, pymodbus, serial, ssl
 ssl.create_default_context()
 print("crypto and imports ok", flush=True)
