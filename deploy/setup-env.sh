@@ -16,6 +16,8 @@ as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 need=()
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# The unit tests run `systemd-analyze verify` and `security` on systemd/fieldgate.service.
+if ((dev)) && ! command -v systemd-analyze >/dev/null; then need+=(systemd); fi
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2
   as_root apt-get update -qq

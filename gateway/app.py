@@ -69,9 +69,18 @@ class Gateway:
         """Until the drivers have been started (for tests and the service's READY notification)."""
         await self._ready.wait()
 
+    async def wait_stopping(self) -> None:
+        """Until a stop was requested (the service then tells systemd it is stopping)."""
+        await self._stop.wait()
+
     @property
     def driver_names(self) -> list[str]:
         return sorted(self._drivers)
+
+    @property
+    def running_drivers(self) -> list[Driver]:
+        """The drivers now supervised (for the service watchdog's liveness checks)."""
+        return [entry.driver for entry in self._drivers.values()]
 
     # -- main --------------------------------------------------------------------------------------
     async def run(self, *, install_signal_handlers: bool = True) -> None:
@@ -186,7 +195,7 @@ class Gateway:
             log.error("new config refused, keeping the running one:\n%s", "\n".join(exc.problems))
             return False
         old = self.config
-        for what in ("gateway", "uplink", "store"):
+        for what in ("gateway", "uplink", "store", "metrics"):
             if getattr(new, what) != getattr(old, what):
                 log.warning("[%s] changed: it takes effect at the next restart, not on reload", what)
         new = Config(
@@ -197,6 +206,7 @@ class Gateway:
             uplink=old.uplink,
             drivers=new.drivers,
             routes=new.routes,
+            metrics=old.metrics,
         )
         wanted = {d.name: d for setup in new.drivers for d in setup.plugin.build(setup.config)}
         changed = [

@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run the gateway", description="Run the gateway until SIGTERM or Ctrl-C."
     )
     run.add_argument("--config", "-c", required=True, help="the TOML config file")
-    run.add_argument("--log-format", choices=("text", "json"), help="override [gateway] log_format")
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json", "journal"),
+        help="override [gateway] log_format (journal: syslog priority prefixes; automatic under systemd)",
+    )
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log_level")
     run.add_argument(
         "--dry-run",
@@ -55,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip checks that only hold on the target host (files, ports, environment variables exist)",
     )
     check.set_defaults(handler=cmd_check_config)
+
+    from gateway.status import register as register_status
+
+    register_status(sub)
 
     for ep in sorted(entry_points(group=COMMANDS_ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
@@ -119,16 +127,24 @@ def make_sink(config: Config, *, dry_run: bool) -> MessageSink:
     return make_uplink(config)
 
 
+#: sysexits' EX_CONFIG: ``run`` refused its config. The unit's ``RestartPreventExitStatus=78`` keeps
+#: systemd from restarting it in a loop until the file is fixed.
+EXIT_CONFIG = 78
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         setup_logging("info", args.log_format or "text")
         log.error("%s", exc)
-        return 1
+        return EXIT_CONFIG
     setup_logging(args.log_level or config.gateway.log_level, args.log_format or config.gateway.log_format)
     try:
         return asyncio.run(_run(config, dry_run=args.dry_run, duration=args.duration))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
     except FieldgateError as exc:
         log.error("%s", exc)
         return 1
@@ -136,13 +152,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run(config: Config, *, dry_run: bool, duration: float | None) -> int:
     from gateway.app import Gateway
+    from gateway.service import run_service
 
     gateway = Gateway(config, make_sink(config, dry_run=dry_run))
     timer = None
     if duration is not None:
         timer = asyncio.get_running_loop().call_later(duration, gateway.stop)
     try:
-        await gateway.run()
+        await run_service(gateway)
     finally:
         if timer is not None:
             timer.cancel()

@@ -130,6 +130,28 @@ class Driver(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class Heartbeat(Protocol):
+    """Optional for a driver (or the uplink): lets the service watchdog tell a hung loop from a quiet one.
+
+    A loop that implements it is judged stuck when it has made no progress for ``max_silence`` seconds;
+    then the watchdog stops pinging systemd, which restarts the service. Progress means the loop came
+    round: a poll cycle done, an I/O attempt ended (failed or not), a wait with a timeout expired. A
+    driver waiting for a device that is unplugged still comes round (its retry timer fires); only a loop
+    stuck in an await that never ends, or blocked, does not.
+    """
+
+    @property
+    def last_progress(self) -> float | None:
+        """``time.monotonic()`` when the loop last came round; None while ``run`` is not running."""
+        ...
+
+    @property
+    def max_silence(self) -> float:
+        """Seconds without progress that mean the loop is stuck (e.g. 3 intervals plus the I/O timeout)."""
+        ...
+
+
 class DriverConfig(Protocol):
     """A plugin's parsed, frozen configuration. It lists its devices for the core."""
 

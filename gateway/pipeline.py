@@ -42,6 +42,11 @@ class DeviceCounters:
     #: Readings whose quality was not good (the driver could not read the point).
     bad: int = 0
     last_reading: float | None = None
+    #: Points that could not be read in the device's latest poll cycle (0: all good).
+    failing: int = 0
+    #: The reason of the latest bad reading ("point: reason") and its time, kept after recovery.
+    last_error: str | None = None
+    last_error_at: float | None = None
 
 
 @dataclass
@@ -67,7 +72,14 @@ class ReadingQueue:
             counters = self.devices[readings[0].device] = DeviceCounters()
         counters.cycles += 1
         counters.readings += len(readings)
-        counters.bad += sum(1 for r in readings if r.quality is Quality.BAD)
+        failing = 0
+        for reading in readings:
+            if reading.quality is Quality.BAD:
+                failing += 1
+                counters.last_error = f"{reading.point}: {reading.reason or 'no value'}"
+                counters.last_error_at = reading.timestamp
+        counters.bad += failing
+        counters.failing = failing
         counters.last_reading = readings[-1].timestamp
         if len(self._cycles) >= self.max_cycles:
             self._cycles.popleft()

@@ -50,6 +50,17 @@ class SimulatedDriver:
         self.samples = 0
         #: Ticks skipped because the loop fell behind its schedule (a busy event loop, a suspended host).
         self.skipped_ticks = 0
+        self._last_progress: float | None = None
+
+    @property
+    def last_progress(self) -> float | None:
+        """When the sampling loop last came round (``time.monotonic()``); None while not running."""
+        return self._last_progress
+
+    @property
+    def max_silence(self) -> float:
+        # Three missed ticks plus slack for a busy host: the loop does no I/O that could legitimately wait.
+        return 3 * self._device.interval + 10.0
 
     @property
     def name(self) -> str:
@@ -71,18 +82,22 @@ class SimulatedDriver:
             extra={"device": device.name},
         )
         next_tick = loop.time()
-        while True:
-            now = time.time()
-            emit([Reading(device.name, s.point.name, s.sample(now), s.point.unit, now) for s in signals])
-            self.samples += 1
-            next_tick += device.interval
-            behind = loop.time() - next_tick
-            if behind > 0:
-                # Never queue up missed samples: skip to the next tick in the future.
-                missed = int(behind // device.interval) + 1
-                self.skipped_ticks += missed
-                next_tick += missed * device.interval
-            await asyncio.sleep(next_tick - loop.time())
+        try:
+            while True:
+                self._last_progress = time.monotonic()
+                now = time.time()
+                emit([Reading(device.name, s.point.name, s.sample(now), s.point.unit, now) for s in signals])
+                self.samples += 1
+                next_tick += device.interval
+                behind = loop.time() - next_tick
+                if behind > 0:
+                    # Never queue up missed samples: skip to the next tick in the future.
+                    missed = int(behind // device.interval) + 1
+                    self.skipped_ticks += missed
+                    next_tick += missed * device.interval
+                await asyncio.sleep(next_tick - loop.time())
+        finally:
+            self._last_progress = None
 
     async def close(self) -> None:
         return None

@@ -18,6 +18,7 @@ from gateway.config.model import (
     StoreSettings,
     TelemetrySettings,
 )
+from gateway.config.service import parse_metrics
 from gateway.errors import ConfigError
 from gateway.registry import available_drivers, load_driver
 from gateway.schema import NAME_PATTERN, NAME_WHY, Problems, Table
@@ -54,6 +55,7 @@ def parse_config(text: str, source: Path, *, offline: bool = False) -> Config:
     telemetry = _telemetry(root.table_or_empty("telemetry"))
     store = _store(root.table_or_empty("store"))
     uplink = _uplink(root.table("uplink"), gateway)
+    metrics = parse_metrics(root.table_or_empty("metrics"))
     drivers, routes = _devices(root, telemetry)
     root.finish()
     problems.raise_if_any()
@@ -65,6 +67,7 @@ def parse_config(text: str, source: Path, *, offline: bool = False) -> Config:
         uplink=uplink,
         drivers=drivers,
         routes=routes,
+        metrics=metrics,
     )
 
 
@@ -75,7 +78,7 @@ def _gateway(table: Table | None, problems: Problems) -> GatewaySettings:
         id=table.string("id", pattern=NAME_PATTERN, pattern_why=NAME_WHY),
         site=table.string("site", pattern=NAME_PATTERN, pattern_why=NAME_WHY),
         log_level=table.string("log_level", "info", choices=LOG_LEVELS),
-        log_format=table.string("log_format", "text", choices=("text", "json")),
+        log_format=table.string("log_format", "text", choices=("text", "json", "journal")),
         stats_interval=table.number("stats_interval", 60.0, minimum=0),
         state_dir=table.path("state_dir", must_exist=False) or Path("/var/lib/fieldgate"),
         shutdown_grace=table.number("shutdown_grace", 5.0, minimum=0, maximum=300),

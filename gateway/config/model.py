@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.config.service import MetricsSettings
 from gateway.model import DeviceInfo, DriverConfig, DriverPlugin
 from gateway.topics import TopicTemplate
 
@@ -68,6 +69,7 @@ class Config:
     uplink: object | None
     drivers: tuple[DriverSetup, ...]
     routes: tuple[DeviceRoute, ...]
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def devices(self) -> tuple[DeviceInfo, ...]:

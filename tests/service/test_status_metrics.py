@@ -1,0 +1,277 @@
+"""An operator looks at the running gateway: `fieldgate status` and the Prometheus endpoint.
+
+These runs use --dry-run (the uplink is not merged into this branch): the uplink figures come from the
+sink's optional ``stats`` and show as a dry run here; the file and endpoint carry them when present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.config import load_config
+from gateway.config.service import MetricsSettings
+from gateway.model import Message, PublishOutcome, PublishResult
+from gateway.service import run_service
+from gateway.service.notify import Notifier
+from gateway.status import (
+    STATUS_FILE,
+    PipelineStatus,
+    Snapshot,
+    UplinkStatus,
+    read_status_file,
+    write_status_file,
+)
+from tests.service.conftest import SIMULATED, start_gateway, write_config
+
+FLAKY = """
+[devices.flaky]
+driver = "faulty"
+interval = 0.05
+points = ["flow"]
+bad_points = ["pressure"]     # never answers
+"""
+
+
+def fieldgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def sample(metrics: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)$"
+    for line in metrics.splitlines():
+        if m := re.match(pattern, line):
+            return float(m.group(1))
+    raise AssertionError(f"no sample {name}{{{wanted}}} in:\n{metrics}")
+
+
+async def scrape(url: str) -> str:
+    # urllib blocks: keep it off the test's event loop.
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    return await asyncio.to_thread(get)
+
+
+async def test_status_and_metrics_report_devices_pipeline_and_errors_during_a_run(tmp_path: Path) -> None:
+    config = write_config(tmp_path, SIMULATED + FLAKY, metrics=True)
+    process = await start_gateway(config)
+    try:
+        line = await process.wait_for(lambda s: "metrics on http://" in s, stream="stderr")
+        url = line.split("metrics on ", 1)[1].strip()
+        assert url.startswith("http://127.0.0.1:")
+        await process.wait_for(lambda s: '"seq":60,' in s)
+
+        metrics = await scrape(url)
+        assert sample(metrics, "fieldgate_readings_total", device="alpha") > 10
+        assert sample(metrics, "fieldgate_readings_total", device="flaky") > 10
+        assert sample(metrics, "fieldgate_driver_errors_total", device="flaky") > 5
+        assert sample(metrics, "fieldgate_driver_errors_total", device="alpha") == 0
+        assert sample(metrics, "fieldgate_device_failing_points", device="flaky") == 1
+        assert sample(metrics, "fieldgate_publish_outcomes_total", outcome="delivered") > 10
+        assert sample(metrics, "fieldgate_store_capacity") == 100000
+        assert sample(metrics, "fieldgate_permission_denials_total") == 0
+        assert sample(metrics, "fieldgate_token_refreshes_total", result="failed") == 0
+        assert sample(metrics, "fieldgate_watchdog_healthy") == 1
+        assert sample(metrics, "fieldgate_info", gateway="gw-svc", site="lab") == 1
+        assert "process_resident_memory_bytes" in metrics
+
+        # The status file is rewritten every 5 s: wait for one written while readings flow.
+        status_file = tmp_path / "state" / STATUS_FILE
+        async with asyncio.timeout(15):
+            while not (status_file.exists() and read_status_file(status_file).pipeline.readings):
+                await asyncio.sleep(0.2)
+        status = fieldgate("status", "--config", str(config))
+        assert status.returncode == 0, status.stdout + status.stderr
+        out = status.stdout
+        assert out.startswith("fieldgate gw-svc at site lab: running\n")
+        assert "uplink: dry run" in out
+        assert re.search(r"  alpha \(simulated\): ok, last reading \d+s ago, \d+ readings, 0 bad", out), out
+        assert re.search(
+            r"  flaky \(faulty\): 1 points failing, .*\n    last error \d+s ago: pressure: timeout", out
+        )
+
+        process.signal(signal.SIGTERM)
+        assert await process.wait() == 0
+    finally:
+        await process.kill()
+
+    stopped = fieldgate("status", "--state-dir", str(tmp_path / "state"))
+    assert stopped.returncode == 3
+    assert stopped.stdout.startswith("fieldgate gw-svc at site lab: stopped")
+
+
+async def test_a_taken_metrics_port_does_not_stop_the_readings(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, SIMULATED, extra="")
+        config.write_text(config.read_text() + f"\n[metrics]\nenabled = true\nport = {port}\n")
+        process = await start_gateway(config)
+        try:
+            line = await process.wait_for(
+                lambda s: "running without the metrics endpoint" in s, stream="stderr"
+            )
+            await process.wait_for(lambda s: "/alpha/telemetry " in s)
+        finally:
+            await process.kill()
+    assert f"[metrics]: cannot listen on 127.0.0.1:{port}: Address already in use" in line
+    assert " ERROR " in line
+
+
+def old_snapshot(age: float, pid: int | None = None) -> Snapshot:
+    now = time.time()
+    return Snapshot(
+        gateway="gw-old",
+        site="lab",
+        config="/etc/fieldgate/fieldgate.toml",
+        pid=os.getpid() if pid is None else pid,
+        state="running",
+        started_at=now - 3600,
+        written_at=now - age,
+        uplink=UplinkStatus(
+            kind="mqtt", connected=True, connected_since=now - 1800, token_expires_at=now + 600
+        ),
+        pipeline=PipelineStatus(readings=10),
+    )
+
+
+def test_status_of_a_service_that_stopped_writing_is_stale(tmp_path: Path) -> None:
+    write_status_file(tmp_path / STATUS_FILE, old_snapshot(age=120))
+
+    result = fieldgate("status", "--state-dir", str(tmp_path))
+
+    assert result.returncode == 3
+    assert "gw-old at site lab: not running (status file is stale)" in result.stdout
+    assert "status written 2m ago" in result.stdout
+
+
+def test_status_of_a_service_whose_process_died_says_so_at_once(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    write_status_file(tmp_path / STATUS_FILE, old_snapshot(age=1, pid=int(dead.stdout)))
+
+    result = fieldgate("status", "--state-dir", str(tmp_path))
+
+    assert result.returncode == 3
+    assert f"gw-old at site lab: not running (process {int(dead.stdout)} is gone)" in result.stdout
+
+
+def test_status_shows_uplink_and_token_figures(tmp_path: Path) -> None:
+    write_status_file(tmp_path / STATUS_FILE, old_snapshot(age=1))
+
+    result = fieldgate("status", "--state-dir", str(tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert "uplink: connected since " in result.stdout and "(30m), 0 connects" in result.stdout
+    assert "token expires in 10m; refreshes 0 ok, 0 failed" in result.stdout
+
+
+def test_status_without_a_status_file_says_so(tmp_path: Path) -> None:
+    result = fieldgate("status", "--state-dir", str(tmp_path))
+
+    assert result.returncode == 4
+    assert "no service ran with this state directory" in result.stderr
+
+
+@dataclass(frozen=True)
+class UplinkStats:
+    """The shape of ``gateway.uplink.session.UplinkStats`` (uplink branch, not merged here)."""
+
+    connected: bool
+    connected_since: float | None
+    connects: int
+    connections: int
+    refreshes_ok: int
+    refreshes_failed: int
+    published: int
+    delivered: int
+    refused: int
+    lost: int
+    token_expires_at: float | None
+    inflight: int
+
+
+class ConnectedSink:
+    """Stands in for the uplink, which this branch does not have: it delivers and counts like one."""
+
+    def __init__(self) -> None:
+        self.since = time.time()
+        self.published = 0
+
+    @property
+    def stats(self) -> UplinkStats:
+        return UplinkStats(
+            connected=True,
+            connected_since=self.since,
+            connects=1,
+            connections=1,
+            refreshes_ok=2,
+            refreshes_failed=1,
+            published=self.published,
+            delivered=self.published,
+            refused=0,
+            lost=0,
+            token_expires_at=self.since + 1800,
+            inflight=0,
+        )
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def send(self, message: Message) -> asyncio.Future[PublishResult]:
+        self.published += 1
+        future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+        future.set_result(PublishResult(PublishOutcome.DELIVERED))
+        return future
+
+
+async def test_the_uplinks_figures_reach_status_and_metrics(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = load_config(write_config(tmp_path, SIMULATED, extra=""))
+    config = dataclasses.replace(config, metrics=MetricsSettings(enabled=True, port=port))
+    gateway = Gateway(config, ConnectedSink())
+    service = asyncio.create_task(run_service(gateway, Notifier(None)))
+    try:
+        status_file = tmp_path / "state" / STATUS_FILE
+        async with asyncio.timeout(15):
+            while not (status_file.exists() and read_status_file(status_file).uplink.published):
+                await asyncio.sleep(0.2)
+        snap = read_status_file(status_file)
+        metrics = await scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        gateway.stop()
+        await service
+
+    assert snap.uplink.kind == "mqtt" and snap.uplink.connected
+    assert snap.uplink.refreshes_ok == 2 and snap.uplink.refreshes_failed == 1
+    assert 1790 < (snap.token_expires_in or 0) <= 1800
+    assert sample(metrics, "fieldgate_uplink_connected") == 1
+    assert sample(metrics, "fieldgate_uplink_connects_total") == 1
+    assert sample(metrics, "fieldgate_token_refreshes_total", result="ok") == 2
+    assert sample(metrics, "fieldgate_token_refreshes_total", result="failed") == 1
+    assert 1700 < sample(metrics, "fieldgate_token_expires_in_seconds") <= 1800
+    assert sample(metrics, "fieldgate_uplink_publishes_total") >= 1
+    assert sample(metrics, "fieldgate_uplink_puback_total", outcome="delivered") >= 1
+    assert sample(metrics, "fieldgate_permission_denials_total") == 0
+    assert read_status_file(status_file).state == "stopped"
