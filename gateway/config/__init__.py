@@ -1,0 +1,1 @@
+"""Configuration: TOML parsed once into frozen, typed dataclasses."""
