@@ -440,6 +440,9 @@ class Uplink:
             properties=self._connect_properties(token),
             tls_context=tls,
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            # Unlimited in paho: our own window (min of Receive Maximum and max_inflight) bounds it, and
+            # paho refuses to change its limit once connected, i.e. after Receive Maximum is known.
+            max_inflight_messages=0,
         )
         auth = install(client)
         conn = _Connection(client=client, auth=auth, ended=asyncio.get_running_loop().create_future())
@@ -542,7 +545,6 @@ class Uplink:
         props = conn.connack_properties
         receive_max = int(getattr(props, "ReceiveMaximum", 65535))
         conn.window = max(1, min(receive_max, cfg.max_inflight))
-        conn.auth.max_inflight_messages_set(conn.window)
         max_packet = getattr(props, "MaximumPacketSize", None)
         conn.max_packet = int(max_packet) if max_packet is not None else None
         conn.topic_alias_max = int(getattr(props, "TopicAliasMaximum", 0))
