@@ -39,14 +39,26 @@
 #define MAX_KEYS 2
 #define MAX_KEY_BYTES (64 * 1024)
 
+/*
+ * One record per authenticated connection. mosquitto 2.0.11 calls the disconnect callback
+ * before it publishes the client's will, so a record outlives its connection (live = false)
+ * for WILL_GRACE seconds, long enough for a will delayed by Event Grid's maximum (300 s), so
+ * that the will is checked against the grants the connection had. Lookups for
+ * authentication only see live records: the context's memory may be reused by a new client.
+ */
 struct fg_client {
-	struct mosquitto *client; /* valid until our disconnect callback runs for it */
+	struct mosquitto *client; /* dereferenced only while live */
+	char *id;                 /* client id, for log lines once the connection is gone */
 	char *sub;
 	time_t exp;
 	fg_grants grants;
 	bool expiry_handled;
+	bool live;
+	time_t gone_at;
 	struct fg_client *next;
 };
+
+#define WILL_GRACE 310
 
 struct fg_plugin {
 	mosquitto_plugin_id_t *identifier;
@@ -87,32 +99,34 @@ static time_t now_seconds(void)
 	return ts.tv_sec;
 }
 
-static struct fg_client *find_client(const struct mosquitto *client)
+static struct fg_client *find_client(const struct mosquitto *client, bool live)
 {
+	/* Newest first: records are pushed at the head. */
 	for(struct fg_client *c = plugin.clients; c; c = c->next){
-		if(c->client == client) return c;
+		if(c->client == client && c->live == live) return c;
 	}
 	return NULL;
 }
 
 static void free_client(struct fg_client *c)
 {
+	free(c->id);
 	free(c->sub);
 	fg_grants_free(&c->grants);
 	free(c);
 }
 
-static void remove_client(const struct mosquitto *client)
+static void purge_gone_clients(time_t now)
 {
 	struct fg_client **link = &plugin.clients;
 	while(*link){
-		if((*link)->client == client){
-			struct fg_client *gone = *link;
-			*link = gone->next;
-			free_client(gone);
-			return;
+		struct fg_client *c = *link;
+		if(!c->live && now - c->gone_at > WILL_GRACE){
+			*link = c->next;
+			free_client(c);
+		}else{
+			link = &c->next;
 		}
-		link = &(*link)->next;
 	}
 }
 
@@ -281,7 +295,7 @@ static int on_auth_start(int event, void *event_data, void *userdata)
 	(void)userdata;
 	struct mosquitto_evt_extended_auth *ed = event_data;
 	const char *cid = client_id_of(ed->client);
-	struct fg_client *existing = find_client(ed->client);
+	struct fg_client *existing = find_client(ed->client, true);
 	const char *what = existing ? "re-authentication" : "connect";
 
 	if(!ed->auth_method || strcmp(ed->auth_method, plugin.method)){
@@ -333,7 +347,13 @@ static int on_auth_start(int event, void *event_data, void *userdata)
 		free_verified(&v);
 		return MOSQ_ERR_NOMEM;
 	}
+	if(!(c->id = strdup(cid))){
+		free(c);
+		free_verified(&v);
+		return MOSQ_ERR_NOMEM;
+	}
 	c->client = ed->client;
+	c->live = true;
 	c->sub = v.sub;
 	v.sub = NULL;
 	c->exp = v.exp;
@@ -389,12 +409,21 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	if(ed->access == MOSQ_ACL_UNSUBSCRIBE) return MOSQ_ERR_SUCCESS;
 
 	const char *cid = client_id_of(ed->client);
-	struct fg_client *c = find_client(ed->client);
+	struct fg_client *c = find_client(ed->client, true);
 	if(!c){
 		if(ed->access == MOSQ_ACL_READ){
 			/* An offline persistent session queueing a message: mosquitto checks the queue
 			 * again against the new token's grants when the client reconnects. */
 			return MOSQ_ERR_SUCCESS;
+		}
+		struct fg_client *gone = ed->access == MOSQ_ACL_WRITE ? find_client(ed->client, false) : NULL;
+		if(gone){
+			/* The will of a connection that just ended: judged by the grants it had, even
+			 * when the connection ended because its token expired. */
+			bool allowed = fg_publish_allowed(&gone->grants, ed->topic);
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "client '%s' will on '%s' %s '%s'",
+					gone->id, ed->topic, allowed ? "allowed, granted to" : "denied: not granted to", gone->sub);
+			return allowed ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		}
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "client '%s' %s '%s' denied: not authenticated",
 				cid, access_name(ed->access), ed->topic);
@@ -430,17 +459,18 @@ static int on_tick(int event, void *event_data, void *userdata)
 	(void)event_data;
 	(void)userdata;
 	time_t now = now_seconds();
-	/* Kicking re-enters on_disconnect, which unlinks records: collect the ids first. */
+	purge_gone_clients(now);
+	/* Kicking re-enters on_disconnect (and may publish wills): collect the ids first. */
 	size_t count = 0;
 	for(struct fg_client *c = plugin.clients; c; c = c->next){
-		if(!c->expiry_handled && now >= c->exp) count++;
+		if(c->live && !c->expiry_handled && now >= c->exp) count++;
 	}
 	if(count == 0) return MOSQ_ERR_SUCCESS;
 	char **ids = calloc(count, sizeof(char *));
 	if(!ids) return MOSQ_ERR_NOMEM;
 	size_t n = 0;
 	for(struct fg_client *c = plugin.clients; c && n < count; c = c->next){
-		if(c->expiry_handled || now < c->exp) continue;
+		if(!c->live || c->expiry_handled || now < c->exp) continue;
 		c->expiry_handled = true;
 		const char *id = mosquitto_client_id(c->client);
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
@@ -462,7 +492,11 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 	struct mosquitto_evt_disconnect *ed = event_data;
-	remove_client(ed->client);
+	struct fg_client *c = find_client(ed->client, true);
+	if(c){
+		c->live = false;
+		c->gone_at = now_seconds();
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 
