@@ -132,6 +132,24 @@ def fill_template(template: str, *, gateway: str, site: str) -> str:
     return template.replace("{gateway}", gateway).replace("{site}", site)
 
 
+def _path(table: Table, key: str, *, required: bool = False, must_exist: bool = True) -> Path | None:
+    # Own reader: in the core Table of this commit the ``path`` attribute (the key path string)
+    # shadows the ``Table.path()`` method.
+    if required and not table.has(key):
+        table.problem(key, "is required")
+        return None
+    raw = table.raw(key)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw:
+        table.problem(key, "expected a path", raw)
+        return None
+    path = Path(raw)
+    if must_exist and not path.exists():
+        table.problem(key, "no such file", raw)
+    return path
+
+
 def _parse_status(table: Table, *, will: bool) -> StatusMessageConfig:
     topic = table.string("topic")
     for name in _PLACEHOLDER.findall(topic):
@@ -175,11 +193,11 @@ def _parse_token(table: Table, *, default_subject: str) -> TokenConfig:
     source = table.string("source", choices=("signer", "file"))
     token: TokenConfig
     if source == "file":
-        path = table.path("path", required=True, must_exist=False)
+        path = _path(table, "path", required=True, must_exist=False)
         warning = table.number("expiry_warning", 300.0, minimum=0.0)
         token = FileTokenConfig(path=path or Path(), expiry_warning=warning)
     else:
-        key_file = table.path("key_file", required=True)
+        key_file = _path(table, "key_file", required=True)
         kid = table.optional_string("kid")
         issuer = table.string("issuer")
         subject = table.string("subject", default_subject)
@@ -211,7 +229,7 @@ def parse_uplink(table: Table, *, gateway_id: str) -> UplinkConfig:
     host = table.string("host")
     tls = table.boolean("tls", True)
     port = table.integer("port", 8883 if tls else 1883, minimum=1, maximum=65535)
-    ca_file = table.path("ca_file")
+    ca_file = _path(table, "ca_file")
     if ca_file is not None and not tls:
         table.problem("ca_file", "is only used with tls = true", str(ca_file))
     client_id = table.string("client_id", gateway_id)
@@ -246,7 +264,8 @@ def parse_uplink(table: Table, *, gateway_id: str) -> UplinkConfig:
     initial = reconnect_table.number("initial", 1.0, positive=True)
     maximum = reconnect_table.number("max", 60.0, positive=True)
     if maximum < initial:
-        reconnect_table.problem("max", f"must be at least reconnect.initial ({initial:g})", maximum)
+        shown = reconnect_table.data.get("max", maximum)
+        reconnect_table.problem("max", f"must be at least reconnect.initial ({initial:g})", shown)
     reconnect_table.finish()
 
     birth_table = table.table("birth")
