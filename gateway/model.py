@@ -8,7 +8,7 @@ so a protocol can be added by installing a package that names its plugin in the 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -61,6 +61,24 @@ class Message:
     device: str = ""
 
 
+class PublishOutcome(enum.Enum):
+    """What became of one message handed to the uplink (or to any other sink)."""
+
+    #: The broker acknowledged it (QoS 1 PUBACK with a success code) or it was written (QoS 0).
+    DELIVERED = "delivered"
+    #: Refused for good: locally (too large, QoS 2) or by the broker's PUBACK (e.g. 0x87 not authorized).
+    REFUSED = "refused"
+    #: The connection dropped before the outcome was known: the caller sends it again.
+    LOST = "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    outcome: PublishOutcome
+    reason_code: int | None = None
+    reason: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class PointInfo:
     """What the core needs to know of a configured point: its name and unit."""
@@ -79,9 +97,13 @@ class DeviceInfo:
 
 
 class ReadingSink(Protocol):
-    """Where a driver hands its readings. Never blocks: the pipeline applies its overflow policy."""
+    """Where a driver hands its readings: one call per device per poll cycle (or per received frame).
 
-    def __call__(self, reading: Reading) -> None: ...
+    Never blocks: the pipeline applies its overflow policy. One call is one unit for the router's
+    batching (``batch = true`` turns one call into one message carrying all its points).
+    """
+
+    def __call__(self, readings: Sequence[Reading]) -> None: ...
 
 
 @runtime_checkable
@@ -100,7 +122,7 @@ class Driver(Protocol):
 
     @property
     def settings(self) -> object:
-        """The frozen settings it was built from; on SIGHUP a driver whose settings are equal keeps running."""
+        """The frozen settings it was built from; on SIGHUP, equal settings keep it running."""
         ...
 
     async def run(self, emit: ReadingSink) -> None: ...
@@ -122,7 +144,8 @@ class DriverPlugin(Protocol):
         """Validate ``[drivers.<name>]`` (``section``, or None when absent) and each device table.
 
         Every problem is recorded on the tables (never raised), so that all errors of a file are
-        reported at once. Keys the core owns (``driver``, ``topic``) are already consumed.
+        reported at once. The plugin checks that point names are unique within a device.
+        Keys the core owns (``driver``, ``topic``, ``batch``) are already consumed.
         """
         ...
 
@@ -131,5 +154,7 @@ class DriverPlugin(Protocol):
         ...
 
 
-#: A callback factory the app uses; kept here so drivers need no other import to type their hooks.
-Clock = Callable[[], float]
+#: Entry-point group for CLI subcommands that a package adds (e.g. ``fieldgate modbus read``). Each entry
+#: point names a ``register(subparsers)`` callable taking argparse's subparsers action; every subcommand
+#: it adds sets ``handler=<callable(argparse.Namespace) -> int>`` with ``set_defaults``.
+COMMANDS_ENTRY_POINT_GROUP = "fieldgate.commands"

@@ -45,10 +45,17 @@ def _show(value: object) -> str:
 
 
 class Problems:
-    """Collects configuration problems for one file."""
+    """Collects configuration problems for one file.
 
-    def __init__(self, file: str) -> None:
+    ``base_dir`` anchors relative paths in the file (the config file's folder). ``offline`` skips the
+    checks that only hold on the target machine (files, environment variables, serial ports exist), for
+    validating a config on a laptop before it is deployed.
+    """
+
+    def __init__(self, file: str, *, base_dir: Path | None = None, offline: bool = False) -> None:
         self.file = file
+        self.base_dir = base_dir if base_dir is not None else Path.cwd()
+        self.offline = offline
         self.lines: list[str] = []
 
     def add(self, path: str, why: str, value: object = ..., *, secret: bool = False) -> None:
@@ -67,7 +74,7 @@ class Problems:
 
 @dataclass(frozen=True, slots=True)
 class Secret:
-    """A secret given by reference: ``env:NAME`` or ``file:/path``. Its value never appears in repr or logs."""
+    """A secret by reference: ``env:NAME`` or ``file:/path``. Its value never appears in repr or logs."""
 
     reference: str
 
@@ -100,15 +107,16 @@ _MISSING: object = object()
 class Table:
     """A view of one TOML table that records problems instead of raising."""
 
-    def __init__(self, data: Mapping[str, object], path: str, problems: Problems) -> None:
+    def __init__(self, data: Mapping[str, object], where: str, problems: Problems) -> None:
         self.data = data
-        self.path = path
+        #: The table's dotted key path in the file, e.g. ``devices.meter-1``.
+        self.where = where
         self.problems = problems
         self._used: set[str] = set()
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def here(self, key: str | int) -> str:
-        return key_path(self.path, key)
+        return key_path(self.where, key)
 
     def problem(self, key: str | int, why: str, value: object = ..., *, secret: bool = False) -> None:
         self.problems.add(self.here(key), why, value, secret=secret)
@@ -181,7 +189,9 @@ class Table:
             self.problem(key, f"must be at most {maximum}", raw)
         return raw
 
-    def optional_integer(self, key: str, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    def optional_integer(
+        self, key: str, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
         if key not in self.data:
             self._used.add(key)
             return None
@@ -245,7 +255,7 @@ class Table:
         if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
             self.problem(key, "expected a string or an array of strings", raw)
             return tuple(default)
-        return tuple(raw)  # type: ignore[arg-type]  # checked element-wise above
+        return tuple(str(v) for v in raw)
 
     def secret(self, key: str, *, required: bool = True) -> Secret | None:
         """A secret by reference. Inline values are refused so that a secret never sits in a config file."""
@@ -264,21 +274,26 @@ class Table:
                 secret=True,
             )
             return None
-        if kind == "env" and where not in os.environ:
-            self.problem(key, f"environment variable {where} is not set", raw)
-        if kind == "file" and not os.access(where, os.R_OK):
-            self.problem(key, "file does not exist or is not readable", raw)
+        if kind == "file" and not Path(where).is_absolute():
+            where = str(self.problems.base_dir / where)
+            raw = f"file:{where}"
+        if not self.problems.offline:
+            if kind == "env" and where not in os.environ:
+                self.problem(key, f"environment variable {where} is not set", raw)
+            if kind == "file" and not os.access(where, os.R_OK):
+                self.problem(key, "file does not exist or is not readable", raw)
         return Secret(raw)
 
     def path(self, key: str, *, required: bool = False, must_exist: bool = True) -> Path | None:
+        """A file path; relative paths are taken from the config file's folder."""
         raw = self._get(key, required)
         if raw is _MISSING:
             return None
         if not isinstance(raw, str) or not raw:
             self.problem(key, "expected a path", raw)
             return None
-        path = Path(raw)
-        if must_exist and not path.exists():
+        path = self.problems.base_dir / raw
+        if must_exist and not self.problems.offline and not path.exists():
             self.problem(key, "no such file", raw)
         return path
 

@@ -1,0 +1,254 @@
+"""The supervisor: one TaskGroup owning the drivers, the router, the store pump, the sink and the stats.
+
+Task names say what they serve (``simulated[boiler]``, ``router``, ``store.pump``, ``uplink``, ``stats``).
+SIGTERM/SIGINT stop cleanly: drivers are cancelled and closed, queued readings are routed, and the pump
+gets ``shutdown_grace`` seconds to hand over what is waiting. SIGHUP re-reads the config file and swaps
+the devices that changed, keeping the uplink connection; a bad file is refused and the old config kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+from gateway.config import Config, load_config
+from gateway.errors import ConfigError
+from gateway.model import Driver
+from gateway.pipeline import (
+    MessageSink,
+    PumpCounters,
+    ReadingQueue,
+    pump_forever,
+    route_forever,
+    route_pending,
+)
+from gateway.router import Router
+from gateway.store import MemoryStore
+
+log = logging.getLogger("fieldgate.app")
+
+#: Restart delays for a driver whose run() ended or crashed (a bug, not a device fault).
+DRIVER_RESTART_MIN = 1.0
+DRIVER_RESTART_MAX = 60.0
+
+
+@dataclass
+class _Running:
+    driver: Driver
+    task: asyncio.Task[None]
+
+
+class Gateway:
+    def __init__(self, config: Config, sink: MessageSink) -> None:
+        self.config = config
+        self.sink = sink
+        self.readings = ReadingQueue(config.telemetry.reading_queue)
+        self.router = Router(config.gateway.id, config.gateway.site, config.routes, config.telemetry.qos)
+        self.store = MemoryStore(config.store.max_messages, config.store.overflow)
+        self.pump_counters = PumpCounters()
+        self.started_at = time.time()
+        self.reloads = 0
+        self._drivers: dict[str, _Running] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._ready = asyncio.Event()
+
+    # -- control -----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def wait_ready(self) -> None:
+        """Until the drivers have been started (for tests and the service's READY notification)."""
+        await self._ready.wait()
+
+    @property
+    def driver_names(self) -> list[str]:
+        return sorted(self._drivers)
+
+    # -- main --------------------------------------------------------------------------------------
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                sink_task = tg.create_task(self.sink.run(), name="uplink")
+                router_task = tg.create_task(
+                    route_forever(self.readings, self.router, self.store), name="router"
+                )
+                pump_task = tg.create_task(
+                    pump_forever(self.store, self.sink, self.pump_counters), name="store.pump"
+                )
+                helpers = [tg.create_task(self._reload_loop(), name="config.reload")]
+                if self.config.gateway.stats_interval > 0:
+                    helpers.append(tg.create_task(self._stats_loop(), name="stats"))
+                self._start_drivers(self.config)
+                self._ready.set()
+                log.info(
+                    "fieldgate %s started: %d devices, %d drivers",
+                    self.config.gateway.id,
+                    len(self.config.routes),
+                    len(self._drivers),
+                )
+                await self._stop.wait()
+                log.info("stopping")
+                await self._stop_drivers(list(self._drivers))
+                router_task.cancel()
+                flushed = route_pending(self.readings, self.router, self.store)
+                if flushed:
+                    log.debug("routed %d queued poll cycles on shutdown", flushed)
+                await self._drain()
+                for task in (pump_task, sink_task, *helpers):
+                    task.cancel()
+        finally:
+            self._tg = None
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+        left = len(self.store)
+        if left:
+            log.warning("stopped with %d messages not delivered (the memory store does not keep them)", left)
+        log.info("stopped")
+
+    async def _drain(self) -> None:
+        grace = self.config.gateway.shutdown_grace
+        try:
+            async with asyncio.timeout(grace):
+                await self.store.wait_empty()
+        except TimeoutError:
+            log.warning("shutdown grace of %gs over with %d messages waiting", grace, len(self.store))
+
+    # -- drivers -----------------------------------------------------------------------------------
+    def _start_drivers(self, config: Config) -> None:
+        assert self._tg is not None
+        for setup in config.drivers:
+            for driver in setup.plugin.build(setup.config):
+                if driver.name in self._drivers:
+                    continue
+                task = self._tg.create_task(self._supervise(driver), name=driver.name)
+                self._drivers[driver.name] = _Running(driver, task)
+
+    async def _stop_drivers(self, names: list[str]) -> None:
+        running = [self._drivers.pop(name) for name in names if name in self._drivers]
+        for entry in running:
+            entry.task.cancel()
+        if running:
+            await asyncio.wait([entry.task for entry in running])
+
+    async def _supervise(self, driver: Driver) -> None:
+        """Run a driver; a driver that returns or crashes (a bug) is restarted with backoff."""
+        delay = DRIVER_RESTART_MIN
+        try:
+            while True:
+                try:
+                    await driver.run(self.readings.put)
+                    log.error("%s stopped by itself; restarting in %gs", driver.name, delay)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s crashed; restarting in %gs", driver.name, delay)
+                with contextlib.suppress(Exception):
+                    await driver.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DRIVER_RESTART_MAX)
+        finally:
+            try:
+                await driver.close()
+            except Exception:
+                log.exception("%s: error while closing", driver.name)
+
+    # -- reload ------------------------------------------------------------------------------------
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read the config file; apply device changes. Returns False when the new file was refused."""
+        path = self.config.source
+        log.info("reloading %s", path)
+        try:
+            # File reading and plugin imports are blocking: keep them off the event loop.
+            new = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            log.error("new config refused, keeping the running one:\n%s", "\n".join(exc.problems))
+            return False
+        old = self.config
+        for what in ("gateway", "uplink", "store"):
+            if getattr(new, what) != getattr(old, what):
+                log.warning("[%s] changed: it takes effect at the next restart, not on reload", what)
+        new = Config(
+            source=new.source,
+            gateway=old.gateway,
+            telemetry=new.telemetry,
+            store=old.store,
+            uplink=old.uplink,
+            drivers=new.drivers,
+            routes=new.routes,
+        )
+        wanted = {d.name: d for setup in new.drivers for d in setup.plugin.build(setup.config)}
+        changed = [
+            name
+            for name, running in self._drivers.items()
+            if name not in wanted or wanted[name].settings != running.driver.settings
+        ]
+        await self._stop_drivers(changed)
+        self.router.set_routes(new.routes)
+        self.router.qos = new.telemetry.qos
+        self.config = new
+        assert self._tg is not None
+        started = []
+        for name, driver in wanted.items():
+            if name not in self._drivers:
+                task = self._tg.create_task(self._supervise(driver), name=name)
+                self._drivers[name] = _Running(driver, task)
+                started.append(name)
+        self.reloads += 1
+        log.info(
+            "config reloaded: %d drivers stopped, %d started, %d unchanged",
+            len(changed),
+            len(started),
+            len(self._drivers) - len(started),
+        )
+        return True
+
+    # -- stats -------------------------------------------------------------------------------------
+    async def _stats_loop(self) -> None:
+        interval = self.config.gateway.stats_interval
+        last_readings = 0
+        while True:
+            await asyncio.sleep(interval)
+            readings = self.router.counters.readings
+            log.info("%s", self.stats_line(readings_per_second=(readings - last_readings) / interval))
+            last_readings = readings
+
+    def stats_line(self, *, readings_per_second: float | None = None) -> str:
+        store = self.store.stats()
+        rate = f" ({readings_per_second:.1f}/s)" if readings_per_second is not None else ""
+        parts = [
+            f"stats: readings in {self.router.counters.readings}{rate}",
+            f"messages out {self.router.counters.messages}",
+            f"delivered {self.pump_counters.delivered}",
+            f"refused {self.pump_counters.refused}",
+            f"resent {self.pump_counters.lost}",
+            f"queues: readings {len(self.readings)}/{self.readings.max_cycles}",
+            f"dropped {self.readings.dropped}",
+            f"store {store.depth}/{self.store.max_messages}",
+            f"in flight {store.in_flight}",
+            f"dropped {store.dropped}",
+        ]
+        errors = {name: c.bad for name, c in sorted(self.readings.devices.items()) if c.bad}
+        parts.append("errors: " + (", ".join(f"{k}={v}" for k, v in errors.items()) if errors else "none"))
+        return ", ".join(parts)

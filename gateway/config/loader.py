@@ -1,0 +1,191 @@
+"""Reads the TOML config file and validates all of it before anything starts.
+
+Every problem is collected (file, key path, value, why) and raised together as one ConfigError.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.config.model import (
+    Config,
+    DeviceRoute,
+    DriverSetup,
+    GatewaySettings,
+    StoreSettings,
+    TelemetrySettings,
+)
+from gateway.errors import ConfigError
+from gateway.registry import available_drivers, load_driver
+from gateway.schema import Problems, Table
+from gateway.topics import TemplateError, TopicTemplate, compile_template
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+NAME_WHY = "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+DEFAULT_TOPIC = "sites/{site}/{gateway}/{device}/telemetry"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Keys of a device table that the core reads; the driver plugin gets the rest.
+CORE_DEVICE_KEYS = ("driver", "topic", "batch")
+
+
+def load_config(path: str | Path, *, offline: bool = False) -> Config:
+    """Load and validate ``path``. Raises ConfigError listing every problem in the file."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read the file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
+    return parse_config(text, source, offline=offline)
+
+
+def parse_config(text: str, source: Path, *, offline: bool = False) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message names the line and column, e.g. duplicate tables or keys.
+        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from exc
+    problems = Problems(str(source), base_dir=source.resolve().parent, offline=offline)
+    root = Table(data, "", problems)
+
+    gateway = _gateway(root.table("gateway", required=True), problems)
+    telemetry = _telemetry(root.table_or_empty("telemetry"))
+    store = _store(root.table_or_empty("store"))
+    uplink = _uplink(root.table("uplink"), gateway)
+    drivers, routes = _devices(root, telemetry)
+    root.finish()
+    problems.raise_if_any()
+    return Config(
+        source=source,
+        gateway=gateway,
+        telemetry=telemetry,
+        store=store,
+        uplink=uplink,
+        drivers=drivers,
+        routes=routes,
+    )
+
+
+def _gateway(table: Table | None, problems: Problems) -> GatewaySettings:
+    if table is None:
+        return GatewaySettings(id="", site="")
+    result = GatewaySettings(
+        id=table.string("id", pattern=NAME_PATTERN, pattern_why=NAME_WHY),
+        site=table.string("site", pattern=NAME_PATTERN, pattern_why=NAME_WHY),
+        log_level=table.string("log_level", "info", choices=LOG_LEVELS),
+        log_format=table.string("log_format", "text", choices=("text", "json")),
+        stats_interval=table.number("stats_interval", 60.0, minimum=0),
+        state_dir=table.path("state_dir", must_exist=False) or Path("/var/lib/fieldgate"),
+        shutdown_grace=table.number("shutdown_grace", 5.0, minimum=0, maximum=300),
+    )
+    table.finish()
+    return result
+
+
+def _template(table: Table, key: str, default: str, *, allow_point: bool) -> TopicTemplate:
+    text = table.string(key, default)
+    allowed = ("gateway", "site", "device", "driver") + (("point",) if allow_point else ())
+    try:
+        return compile_template(text, allowed)
+    except TemplateError as exc:
+        why = str(exc)
+        if not allow_point and "{point}" in text:
+            why = "{point} needs batch = false (a batched message carries all points of a device)"
+        table.problem(key, why, text)
+        return compile_template(DEFAULT_TOPIC)
+
+
+def _telemetry(table: Table) -> TelemetrySettings:
+    batch = table.boolean("batch", True)
+    result = TelemetrySettings(
+        topic=_template(table, "topic", DEFAULT_TOPIC, allow_point=not batch),
+        batch=batch,
+        qos=_qos(table),
+        reading_queue=table.integer("reading_queue", 10_000, minimum=1, maximum=10_000_000),
+    )
+    table.finish()
+    return result
+
+
+def _qos(table: Table) -> int:
+    qos = table.integer("qos", 1)
+    if qos not in (0, 1):
+        table.problem("qos", "expected 0 or 1 (Event Grid supports QoS 0 and 1 only)", qos)
+        return 1
+    return qos
+
+
+def _store(table: Table) -> StoreSettings:
+    result = StoreSettings(
+        max_messages=table.integer("max_messages", 100_000, minimum=1, maximum=100_000_000),
+        overflow=table.string("overflow", "drop-oldest", choices=("drop-oldest", "drop-newest")),
+    )
+    table.finish()
+    return result
+
+
+def _uplink(table: Table | None, gateway: GatewaySettings) -> object | None:
+    if table is None:
+        return None
+    # The uplink parses its own table; imported here so a config without [uplink] needs no MQTT stack.
+    from gateway.config.uplink import parse_uplink
+
+    return parse_uplink(table, gateway_id=gateway.id, site=gateway.site)
+
+
+def _devices(
+    root: Table, telemetry: TelemetrySettings
+) -> tuple[tuple[DriverSetup, ...], tuple[DeviceRoute, ...]]:
+    installed = available_drivers()
+    by_driver: dict[str, list[tuple[str, Table]]] = {}
+    overrides: dict[str, tuple[TopicTemplate, bool]] = {}
+    for name, table in root.named_tables("devices"):
+        if not _valid_name(name):
+            root.problems.add(table.where, NAME_WHY, name)
+        driver = table.string("driver")
+        if driver and driver not in installed:
+            table.problem("driver", "no such driver installed; installed: " + ", ".join(installed), driver)
+        batch = table.boolean("batch", telemetry.batch)
+        topic = (
+            _template(table, "topic", telemetry.topic.text, allow_point=not batch)
+            if table.has("topic") or batch != telemetry.batch
+            else telemetry.topic
+        )
+        if "point" in topic.variables and batch:
+            table.problem("topic", "{point} needs batch = false", topic.text)
+        overrides[name] = (topic, batch)
+        table.consume(*CORE_DEVICE_KEYS)
+        if driver in installed:
+            by_driver.setdefault(driver, []).append((name, table))
+
+    sections: Mapping[str, object] = {}
+    drivers_table = root.table("drivers")
+    if drivers_table is not None:
+        sections = drivers_table.data
+        for driver in sections:
+            drivers_table.consume(driver)
+            if driver not in installed:
+                drivers_table.problem(driver, "no such driver installed; installed: " + ", ".join(installed))
+
+    setups: list[DriverSetup] = []
+    routes: list[DeviceRoute] = []
+    for driver in sorted(set(by_driver) | {d for d in sections if d in installed}):
+        plugin = load_driver(driver)
+        if plugin is None:  # uninstalled between listing and loading
+            continue
+        section = drivers_table.table(driver) if drivers_table is not None and driver in sections else None
+        config = plugin.parse(section, by_driver.get(driver, []))
+        setups.append(DriverSetup(name=driver, plugin=plugin, config=config))
+        for device in config.devices:
+            topic, batch = overrides.get(device.name, (telemetry.topic, telemetry.batch))
+            routes.append(DeviceRoute(device=device, topic=topic, batch=batch))
+    routes.sort(key=lambda r: r.device.name)
+    return tuple(setups), tuple(routes)
+
+
+def _valid_name(name: str) -> bool:
+    return re.fullmatch(NAME_PATTERN, name) is not None
