@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from gateway.schema import Table
+from gateway.schema import Secret, Table
 
 AUTH_METHODS = ("CUSTOM-JWT", "OAUTH2-JWT")
 #: Event Grid's limits (see docs/uplink.md).
@@ -63,7 +63,81 @@ class FileTokenConfig:
     expiry_warning: float = 300.0
 
 
-TokenConfig = SignerTokenConfig | FileTokenConfig
+#: Credential kinds of the ``azure`` source (azure-identity's credential classes).
+AZURE_CREDENTIALS = (
+    "managed-identity",
+    "client-secret",
+    "client-certificate",
+    "workload-identity",
+    "default",
+)
+EVENT_GRID_SCOPE = "https://eventgrid.azure.net/.default"
+OAUTH2_CLIENT_AUTH = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+
+
+@dataclass(frozen=True, slots=True)
+class AzureTokenConfig:
+    """Microsoft Entra ID tokens through azure-identity (Event Grid's ``OAUTH2-JWT`` method)."""
+
+    source: ClassVar[Literal["azure"]] = "azure"
+    default_auth_method: ClassVar[str] = "OAUTH2-JWT"
+
+    credential: str = "managed-identity"
+    scope: str = EVENT_GRID_SCOPE
+    #: Managed identity: a user-assigned identity's client id (None: the system-assigned one).
+    client_id: str | None = None
+    tenant_id: str | None = None
+    client_secret: Secret | None = None
+    certificate_file: Path | None = None
+    certificate_password: Secret | None = None
+    #: Workload identity: the federated token file (None: azure-identity reads AZURE_FEDERATED_TOKEN_FILE).
+    token_file: Path | None = None
+    #: Entra ID authority host for sovereign clouds (None: azure-identity's default, the public cloud).
+    authority: str | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class OAuth2TokenConfig:
+    """An OpenID Connect provider's token endpoint, client-credentials grant; the access token is a JWT."""
+
+    source: ClassVar[Literal["oauth2"]] = "oauth2"
+    default_auth_method: ClassVar[str] = "CUSTOM-JWT"
+
+    token_endpoint: str
+    client_id: str
+    client_auth: str = "client_secret_basic"
+    client_secret: Secret | None = None
+    private_key_file: Path | None = None
+    #: ``kid`` header of the client assertion (private_key_jwt), when the provider wants it.
+    key_id: str | None = None
+    scope: str | None = None
+    audience: str | None = None
+    resource: str | None = None
+    #: Lifetime of a private_key_jwt client assertion, seconds.
+    assertion_lifetime: float = 60.0
+    ca_file: Path | None = None
+    timeout: float = 30.0
+
+
+TokenConfig = SignerTokenConfig | FileTokenConfig | AzureTokenConfig | OAuth2TokenConfig
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionsConfig:
+    """``[uplink.permissions]``: how the broker grants topics from the token, so the gateway can check first.
+
+    Templates use Event Grid's syntax (``${client.authenticationName}``, ``${client.attributes.<claim>}``);
+    the claims list MQTT topic filters directly ("" in the file: not used). The model is in
+    :mod:`gateway.uplink.permissions`.
+    """
+
+    publish_templates: tuple[str, ...] = ()
+    subscribe_templates: tuple[str, ...] = ()
+    publish_claim: str | None = "publish_topics"
+    subscribe_claim: str | None = "subscribe_topics"
+    #: A message whose topic is not granted: ``drop`` (counted) or ``hold`` (kept until a token grants it).
+    denied: Literal["drop", "hold"] = "drop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +196,8 @@ class UplinkConfig:
     reconnect: ReconnectConfig = ReconnectConfig()
     birth: StatusMessageConfig | None = None
     will: StatusMessageConfig | None = None
+    #: None: topics are not checked before sending (no ``[uplink.permissions]``).
+    permissions: PermissionsConfig | None = None
 
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -189,10 +265,121 @@ def _parse_claims(table: Table) -> tuple[tuple[str, ClaimValue], ...]:
     return tuple(claims)
 
 
+def _parse_azure(table: Table) -> AzureTokenConfig:
+    credential = table.string("credential", "managed-identity", choices=AZURE_CREDENTIALS)
+    scope = table.string("scope", EVENT_GRID_SCOPE)
+    if not scope:
+        table.problem("scope", "must not be empty", scope)
+    client_id = table.optional_string("client_id")
+    tenant_id = table.optional_string("tenant_id")
+    authority = table.optional_string("authority")
+    timeout = table.number("timeout", 30.0, positive=True)
+    needs_app = credential in ("client-secret", "client-certificate")
+    for key in ("client_id", "tenant_id"):
+        if needs_app and not table.has(key):
+            table.problem(key, f'is required with credential = "{credential}"')
+    client_secret = certificate = password = token_file = None
+    if credential == "client-secret":
+        client_secret = table.secret("client_secret")
+    if credential == "client-certificate":
+        certificate = _path(table, "certificate_file", required=True)
+        password = table.secret("certificate_password", required=False)
+    if credential == "workload-identity":
+        token_file = _path(table, "token_file", must_exist=False)
+    if credential in ("default", "managed-identity") and tenant_id is not None:
+        table.problem("tenant_id", f'is not used with credential = "{credential}"', tenant_id)
+    return AzureTokenConfig(
+        credential=credential,
+        scope=scope,
+        client_id=client_id,
+        tenant_id=tenant_id,
+        client_secret=client_secret,
+        certificate_file=certificate,
+        certificate_password=password,
+        token_file=token_file,
+        authority=authority,
+        timeout=timeout,
+    )
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def _parse_oauth2(table: Table) -> OAuth2TokenConfig:
+    from urllib.parse import urlsplit
+
+    endpoint = table.string("token_endpoint")
+    parts = urlsplit(endpoint)
+    if endpoint and (parts.scheme not in ("https", "http") or not parts.hostname):
+        table.problem("token_endpoint", "expected an https:// URL", endpoint)
+    elif parts.scheme == "http" and not _loopback(parts.hostname or ""):
+        table.problem("token_endpoint", "must use https (plain http only to a loopback address)", endpoint)
+    client_id = table.string("client_id")
+    client_auth = table.string("client_auth", "client_secret_basic", choices=OAUTH2_CLIENT_AUTH)
+    secret = key_file = None
+    if client_auth == "private_key_jwt":
+        key_file = _path(table, "private_key_file", required=True)
+    else:
+        secret = table.secret("client_secret")
+    key_id = table.optional_string("key_id")
+    scope = table.optional_string("scope")
+    audience = table.optional_string("audience")
+    resource = table.optional_string("resource")
+    lifetime = table.number("assertion_lifetime", 60.0, minimum=5.0, maximum=600.0)
+    ca_file = _path(table, "ca_file")
+    timeout = table.number("timeout", 30.0, positive=True)
+    return OAuth2TokenConfig(
+        token_endpoint=endpoint,
+        client_id=client_id,
+        client_auth=client_auth,
+        client_secret=secret,
+        private_key_file=key_file,
+        key_id=key_id,
+        scope=scope,
+        audience=audience,
+        resource=resource,
+        assertion_lifetime=lifetime,
+        ca_file=ca_file,
+        timeout=timeout,
+    )
+
+
+def _parse_permissions(table: Table) -> PermissionsConfig:
+    # The template grammar lives with the permission model (one definition for config and runtime);
+    # imported here because gateway.uplink's package imports this module.
+    from gateway.uplink.permissions import template_problem
+
+    templates: dict[str, tuple[str, ...]] = {}
+    for key in ("publish", "subscribe"):
+        templates[key] = table.strings(key)
+        for i, template in enumerate(templates[key]):
+            problem = template_problem(template)
+            if problem is not None:
+                table.problems.add(f"{table.here(key)}[{i}]", problem, template)
+    claims: dict[str, str | None] = {}
+    for key in ("publish_claim", "subscribe_claim"):
+        name = table.string(key, f"{key.split('_')[0]}_topics")
+        claims[key] = name or None
+    denied = table.string("denied", "drop", choices=("drop", "hold"))
+    table.finish()
+    return PermissionsConfig(
+        publish_templates=templates["publish"],
+        subscribe_templates=templates["subscribe"],
+        publish_claim=claims["publish_claim"],
+        subscribe_claim=claims["subscribe_claim"],
+        denied="hold" if denied == "hold" else "drop",
+    )
+
+
 def _parse_token(table: Table, *, default_subject: str) -> TokenConfig:
-    source = table.string("source", choices=("signer", "file"))
+    source = table.string("source", choices=("signer", "file", "azure", "oauth2"))
     token: TokenConfig
-    if source == "file":
+    if source == "azure":
+        token = _parse_azure(table)
+    elif source == "oauth2":
+        token = _parse_oauth2(table)
+    elif source == "file":
         path = _path(table, "path", required=True, must_exist=False)
         warning = table.number("expiry_warning", 300.0, minimum=0.0)
         token = FileTokenConfig(path=path or Path(), expiry_warning=warning)
@@ -224,8 +411,10 @@ def _parse_token(table: Table, *, default_subject: str) -> TokenConfig:
     return token
 
 
-def parse_uplink(table: Table, *, gateway_id: str) -> UplinkConfig:
-    """Read ``[uplink]`` (with ``[uplink.token]`` and its sub-tables). Problems are recorded on ``table``."""
+def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConfig:
+    """``site`` is accepted for the loader's call; birth/will placeholders are filled at start.
+
+    Read ``[uplink]`` (with ``[uplink.token]`` and its sub-tables). Problems are recorded on ``table``."""
     host = table.string("host")
     tls = table.boolean("tls", True)
     port = table.integer("port", 8883 if tls else 1883, minimum=1, maximum=65535)
@@ -272,6 +461,8 @@ def parse_uplink(table: Table, *, gateway_id: str) -> UplinkConfig:
     birth = _parse_status(birth_table, will=False) if birth_table is not None else None
     will_table = table.table("will")
     will = _parse_status(will_table, will=True) if will_table is not None else None
+    permissions_table = table.table("permissions")
+    permissions = _parse_permissions(permissions_table) if permissions_table is not None else None
 
     token_table = table.table("token", required=True)
     token: TokenConfig
@@ -301,4 +492,5 @@ def parse_uplink(table: Table, *, gateway_id: str) -> UplinkConfig:
         reconnect=ReconnectConfig(initial=initial, maximum=max(maximum, initial)),
         birth=birth,
         will=will,
+        permissions=permissions,
     )
