@@ -11,7 +11,14 @@ from typing import assert_never
 from gateway.auth.filesource import FileTokenSource
 from gateway.auth.signer import SignerTokenSource
 from gateway.auth.token import Token, TokenSource, decode_unverified, describe_token, token_from_jwt
-from gateway.config.uplink import FileTokenConfig, SignerTokenConfig, TokenConfig, UplinkConfig
+from gateway.config.uplink import (
+    AzureTokenConfig,
+    FileTokenConfig,
+    OAuth2TokenConfig,
+    SignerTokenConfig,
+    TokenConfig,
+    UplinkConfig,
+)
 
 __all__ = [
     "FileTokenSource",
@@ -32,6 +39,15 @@ def make_token_source(cfg: TokenConfig) -> TokenSource:
         return SignerTokenSource(cfg)
     if isinstance(cfg, FileTokenConfig):
         return FileTokenSource(cfg)
+    if isinstance(cfg, OAuth2TokenConfig):
+        from gateway.auth.oauth2 import OAuth2TokenSource
+
+        return OAuth2TokenSource(cfg)
+    if isinstance(cfg, AzureTokenConfig):
+        # azure-identity itself is imported only when the source builds its credential.
+        from gateway.auth.azure import AzureTokenSource
+
+        return AzureTokenSource(cfg)
     assert_never(cfg)
 
 
