@@ -10,7 +10,6 @@ future that resolves with the message's fate: DELIVERED (PUBACK < 0x80, or writt
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import random
 import socket
@@ -30,7 +29,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.auth.token import Token, TokenSource
 from gateway.config.uplink import RefreshConfig, StatusMessageConfig, UplinkConfig, fill_template
 from gateway.errors import ConnectRefused, TokenError, UplinkError
-from gateway.model import Message
+
+# The outcome types are the core's, so the pipeline's pump understands the uplink's answers.
+from gateway.model import Message, PublishOutcome, PublishResult
 from gateway.uplink.mqtt_auth import (
     AuthClient,
     AuthOutcome,
@@ -57,20 +58,6 @@ CONNACK_HINTS: dict[int, str] = {
 }
 #: Keep this many distinct refused topics for "log once per topic"; beyond it, refusals log at debug.
 _MAX_REMEMBERED_TOPICS = 1024
-
-
-class PublishOutcome(enum.Enum):
-    DELIVERED = "delivered"
-    REFUSED = "refused"
-    #: The connection dropped before the PUBACK: the caller resends.
-    LOST = "lost"
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    outcome: PublishOutcome
-    reason_code: int | None
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +185,10 @@ class Uplink:
         self._connected = asyncio.Event()
         self._connected_since: float | None = None
         self._refused_topics: set[str] = set()
+        #: Called with each token the session starts using (connect, accepted refresh): permissions hook.
+        self.token_listeners: list[Callable[[Token], None]] = []
+        #: Called with (topic, reason code) for each publish the broker refused (PUBACK >= 0x80).
+        self.refusal_listeners: list[Callable[[str, int], None]] = []
         self._failing: str | None = None
         self._failures = 0
         # counters
@@ -319,6 +310,8 @@ class Uplink:
                 self._refused += 1
                 hint = " (the token does not grant this topic)" if code == 0x87 else ""
                 self._log_refusal(pending.topic, f"refused by the broker: PUBACK 0x{code:02X} {name}{hint}")
+                for refused in self.refusal_listeners:
+                    refused(pending.topic, code)
                 result = PublishResult(PublishOutcome.REFUSED, code, name)
         if not pending.future.done():
             pending.future.set_result(result)
@@ -345,13 +338,18 @@ class Uplink:
         return self._config.host, self._config.port
 
     # -- tokens ----------------------------------------------------------------------------------
+    def _use_token(self, token: Token) -> None:
+        self._token = token
+        for listener in self.token_listeners:
+            listener(token)
+
     def _method(self) -> str:
         return self._config.auth_method
 
     async def _refresh_loop(self, conn: _Connection) -> None:
         cfg = self._config.refresh
         backoff = Backoff(self._config.reconnect.initial, self._config.reconnect.maximum, self._rng)
-        fetch_failing = False
+        fetch_failing = running_out = False
         while True:
             current = self._token
             if current is None:
@@ -366,7 +364,11 @@ class Uplink:
                     return
                 if not fetch_failing:
                     fetch_failing = True
+                    running_out = False
                     log.warning("token refresh: %s; retrying while the token is valid (%.0f s)", exc, left)
+                elif not running_out and left <= max(cfg.margin, 0.1 * current.lifetime):
+                    running_out = True
+                    log.error("token refresh still failing: the token expires in %.0f s (%s)", left, exc)
                 await asyncio.sleep(min(backoff.next(), max(0.1, left)))
                 continue
             if fetch_failing:
@@ -379,7 +381,7 @@ class Uplink:
                 continue
             outcome = await self._reauthenticate(conn, fresh)
             if outcome.accepted:
-                self._token = fresh
+                self._use_token(fresh)
                 self._refreshes_ok += 1
                 log.debug("token refreshed in session (%s), %.0f s left", outcome.detail, fresh.remaining())
                 continue
@@ -607,7 +609,7 @@ class Uplink:
                     self._fail(f"cannot get a token from {self._source.description}: {exc}")
                     await asyncio.sleep(backoff.next())
                     continue
-                self._token = token
+                self._use_token(token)
                 started = time.monotonic()
                 try:
                     why = await self._run_connection(token, tls, backoff)
