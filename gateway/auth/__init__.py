@@ -6,6 +6,7 @@ boundary; no message ever contains token text or key material.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import assert_never
 
 from gateway.auth.filesource import FileTokenSource
@@ -51,10 +52,11 @@ def make_token_source(cfg: TokenConfig) -> TokenSource:
     assert_never(cfg)
 
 
-async def token_report(cfg: UplinkConfig) -> str:
+async def token_report(cfg: UplinkConfig, *, extra: Callable[[Token], Sequence[str]] | None = None) -> str:
     """Fetch a token as ``fieldgate run`` would and describe it (for ``fieldgate token --config FILE``).
 
-    Raises :class:`TokenError` (message safe to print) when no token can be obtained.
+    ``extra`` adds lines about the same token (the permission report). Raises :class:`TokenError`
+    (message safe to print) when no token can be obtained.
     """
     source = make_token_source(cfg.token)
     token = await source.get_token()
@@ -64,4 +66,4 @@ async def token_report(cfg: UplinkConfig) -> str:
         f"broker:    {cfg.host}:{cfg.port} as client id {cfg.client_id!r}"
         + (f", username {cfg.username!r}" if cfg.username else ""),
     ]
-    return "\n".join([*head, describe_token(token)])
+    return "\n".join([*head, describe_token(token), *(extra(token) if extra is not None else ())])

@@ -12,10 +12,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.auth.token import Token
 from gateway.config.uplink import PermissionsConfig
 from gateway.uplink.permissions import PermissionSet
+
+if TYPE_CHECKING:
+    from gateway.uplink.session import Uplink
 
 log = logging.getLogger("fieldgate.permissions")
 
@@ -117,3 +121,11 @@ class PermissionTracker:
                 perms.explain_denial("subscribe", requested),
             )
         return False
+
+
+def track_permissions(uplink: Uplink, config: PermissionsConfig) -> PermissionTracker:
+    """A tracker fed by ``uplink``'s tokens and refusals (what the app wires for ``[uplink.permissions]``)."""
+    tracker = PermissionTracker(config)
+    uplink.token_listeners.append(tracker.token_in_use)
+    uplink.refusal_listeners.append(tracker.publish_refused)
+    return tracker

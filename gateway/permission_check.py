@@ -1,0 +1,87 @@
+"""Which configured device topics the current token grants: for ``fieldgate check-config`` and ``token``.
+
+A wrong grant should be caught when the gateway is installed, not hours later when the broker refuses
+it. Both commands list every device topic with the rule that grants it, or why it is not granted and
+which template and attribute value would grant it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.auth.token import Token
+from gateway.config import Config
+from gateway.config.uplink import AzureTokenConfig, OAuth2TokenConfig, UplinkConfig
+from gateway.permission_gate import ExpectedTopic
+from gateway.router import Router
+from gateway.uplink.permissions import PermissionSet
+
+
+def device_topics(config: Config) -> list[ExpectedTopic]:
+    """Every topic a configured device publishes to (per device, or per point when not batched)."""
+    g = config.gateway
+    router = Router(g.id, g.site, config.routes, config.telemetry.qos)
+    topics = []
+    for route in config.routes:
+        if route.batch:
+            topics.append(ExpectedTopic(route.device.name, router.topic(route)))
+        else:
+            topics += [
+                ExpectedTopic(route.device.name, router.topic(route, p.name)) for p in route.device.points
+            ]
+    return topics
+
+
+@dataclass(frozen=True, slots=True)
+class TopicCheck:
+    device: str
+    topic: str
+    granted: bool
+    #: The granting rule, or why not and what would grant it.
+    detail: str
+
+
+def check_topics(perms: PermissionSet, topics: Sequence[ExpectedTopic]) -> list[TopicCheck]:
+    checks = []
+    for item in topics:
+        grant = perms.publish_grant(item.topic)
+        if grant is not None:
+            checks.append(TopicCheck(item.device, item.topic, True, f"{grant.rule} (filter {grant.filter})"))
+        else:
+            checks.append(
+                TopicCheck(item.device, item.topic, False, perms.explain_denial("publish", item.topic))
+            )
+    return checks
+
+
+def report_lines(
+    uplink: UplinkConfig, token: Token, topics: Sequence[ExpectedTopic]
+) -> tuple[list[str], int]:
+    """The permission report for ``token``; and how many device topics it does not grant."""
+    cfg = uplink.permissions
+    if cfg is None:
+        return ["permissions: not checked (no [uplink.permissions] in the config)"], 0
+    perms = PermissionSet.from_claims(cfg, token.claims)
+    lines = ["permissions granted by this token ([uplink.permissions]):"]
+    lines += ["  " + line for line in perms.describe().splitlines()]
+    checks = check_topics(perms, topics)
+    lines.append("device topics:")
+    for check in checks:
+        verdict = "granted" if check.granted else "NOT GRANTED"
+        lines.append(f"  {check.device}: {check.topic}: {verdict}: {check.detail}")
+    denied = sum(1 for check in checks if not check.granted)
+    if denied:
+        fate = "held until a token grants them" if cfg.denied == "hold" else "dropped (counted)"
+        lines.append(
+            f"{denied} device topic{'s are' if denied != 1 else ' is'} not granted: "
+            f'their messages will not be sent but {fate} (denied = "{cfg.denied}")'
+        )
+    elif checks:
+        lines.append("every device topic is granted")
+    return lines, denied
+
+
+def token_available_offline(uplink: UplinkConfig) -> bool:
+    """Whether check-config may obtain the token: signer and file sources work without a network."""
+    return not isinstance(uplink.token, AzureTokenConfig | OAuth2TokenConfig)
