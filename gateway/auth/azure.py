@@ -8,6 +8,7 @@ token cache) block, and the asynchronous ones need aiohttp, which fieldgate does
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -34,6 +35,11 @@ def build_credential(cfg: AzureTokenConfig) -> _Credential:
         raise TokenError(
             "the azure token source needs azure-identity: pip install 'fieldgate[azure]'"
         ) from exc
+    # azure-identity warns on every failed attempt; the uplink logs a failing source once per streak
+    # with the same text (from the TokenError below), so only its errors are let through.
+    for name in ("azure.identity", "azure.core"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.ERROR)
     extra: dict[str, Any] = {}
     if cfg.authority is not None:
         extra["authority"] = cfg.authority
