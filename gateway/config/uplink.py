@@ -265,6 +265,7 @@ def _parse_claims(table: Table) -> tuple[tuple[str, ClaimValue], ...]:
     return tuple(claims)
 
 
+# The azure and oauth2 readers use Table.path: relative paths are taken from the config file's folder.
 def _parse_azure(table: Table) -> AzureTokenConfig:
     credential = table.string("credential", "managed-identity", choices=AZURE_CREDENTIALS)
     scope = table.string("scope", EVENT_GRID_SCOPE)
@@ -282,10 +283,10 @@ def _parse_azure(table: Table) -> AzureTokenConfig:
     if credential == "client-secret":
         client_secret = table.secret("client_secret")
     if credential == "client-certificate":
-        certificate = _path(table, "certificate_file", required=True)
+        certificate = table.path("certificate_file", required=True)
         password = table.secret("certificate_password", required=False)
     if credential == "workload-identity":
-        token_file = _path(table, "token_file", must_exist=False)
+        token_file = table.path("token_file", must_exist=False)
     if credential in ("default", "managed-identity") and tenant_id is not None:
         table.problem("tenant_id", f'is not used with credential = "{credential}"', tenant_id)
     return AzureTokenConfig(
@@ -319,7 +320,7 @@ def _parse_oauth2(table: Table) -> OAuth2TokenConfig:
     client_auth = table.string("client_auth", "client_secret_basic", choices=OAUTH2_CLIENT_AUTH)
     secret = key_file = None
     if client_auth == "private_key_jwt":
-        key_file = _path(table, "private_key_file", required=True)
+        key_file = table.path("private_key_file", required=True)
     else:
         secret = table.secret("client_secret")
     key_id = table.optional_string("key_id")
@@ -327,7 +328,7 @@ def _parse_oauth2(table: Table) -> OAuth2TokenConfig:
     audience = table.optional_string("audience")
     resource = table.optional_string("resource")
     lifetime = table.number("assertion_lifetime", 60.0, minimum=5.0, maximum=600.0)
-    ca_file = _path(table, "ca_file")
+    ca_file = table.path("ca_file")
     timeout = table.number("timeout", 30.0, positive=True)
     return OAuth2TokenConfig(
         token_endpoint=endpoint,
