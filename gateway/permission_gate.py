@@ -83,12 +83,22 @@ class PermissionGate:
         self._held: deque[_Held] = deque()
         self._told: set[str] = set()
         self._expected_state: dict[ExpectedTopic, bool] = {}
+        #: Set at every change of the grants (the release task waits on it and clears it).
         self._changed = asyncio.Event()
+        #: Set once the first grants are known (senders wait on it; never cleared).
+        self._known = asyncio.Event()
         permissions.add_listener(self._on_change)
 
     @property
     def held(self) -> int:
         return len(self._held)
+
+    def stats_text(self) -> str:
+        """For the stats line: what the permission check kept from the broker."""
+        return (
+            f"not granted {sum(self.denied.values())} ({len(self.denied)} topics), dropped {self.dropped}, "
+            f"held {self.held}, released {self.released}"
+        )
 
     # -- MessageSink ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -99,8 +109,7 @@ class PermissionGate:
     async def send(self, message: Message) -> asyncio.Future[PublishResult]:
         verdict = self._permissions.publish_verdict(message.topic)
         while verdict is None:  # no token yet: the uplink could not send anyway (backpressure)
-            self._changed.clear()
-            await self._changed.wait()
+            await self._known.wait()
             verdict = self._permissions.publish_verdict(message.topic)
         if verdict:
             return await self._inner.send(message)
@@ -171,6 +180,7 @@ class PermissionGate:
                     self.denied[topic],
                 )
         self._changed.set()
+        self._known.set()
 
     # -- releasing held messages ---------------------------------------------------------------------
     async def _release_forever(self) -> None:

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,13 @@ from gateway.auth.token import TokenSource
 from gateway.config.uplink import (
     AzureTokenConfig,
     OAuth2TokenConfig,
+    ReconnectConfig,
     RefreshConfig,
     TokenConfig,
     UplinkConfig,
 )
 from gateway.errors import TokenError
+from gateway.model import Message, PublishOutcome
 from gateway.schema import Secret
 from gateway.uplink.session import Uplink
 from tests.support.broker import LocalBroker
@@ -200,6 +203,48 @@ async def test_an_unreachable_endpoint_and_an_opaque_token_are_clear_errors(
         f"the access token from token endpoint {endpoint.url}: "
         "not a JWT (expected three dot-separated parts, found 1)"
     )
+
+
+async def test_an_outage_at_the_provider_is_retried_while_the_token_lasts_and_publishing_goes_on(
+    broker: LocalBroker,
+    endpoint: TokenEndpoint,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="fieldgate")
+    monkeypatch.setenv("FG_CLIENT_SECRET", SECRET)
+    endpoint.lifetime = 8
+    cfg = OAuth2TokenConfig(
+        token_endpoint=endpoint.url, client_id="gw-oauth", client_secret=Secret("env:FG_CLIENT_SECRET")
+    )
+    config = replace(
+        uplink_config(broker, cfg, "gw-outage", "CUSTOM-JWT"),
+        reconnect=ReconnectConfig(initial=0.2, maximum=0.4),
+    )
+    uplink = Uplink(config, OAuth2TokenSource(cfg), gateway_id="gw-outage", site="lab")
+    task = asyncio.create_task(uplink.run(), name="uplink")
+    try:
+        async with asyncio.timeout(20):
+            await uplink.wait_connected()
+            endpoint.failing = True
+            while endpoint.issued.refused.count("outage") < 3:
+                await asyncio.sleep(0.02)
+            # Still connected on the current token: messages keep flowing.
+            result = await (await uplink.send(Message("plants/p1/telemetry", b"{}")))
+            assert result.outcome is PublishOutcome.DELIVERED
+            endpoint.failing = False
+            while uplink.stats.refreshes_ok < 1:
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert uplink.stats.connects == 1
+    messages = [r.getMessage() for r in caplog.records]
+    failing = [m for m in messages if m.startswith("token refresh: token endpoint")]
+    assert len(failing) == 1 and "answered HTTP 503: temporarily_unavailable try again later" in failing[0]
+    assert "retrying while the token is valid" in failing[0]
+    assert any(m.startswith("token refresh still failing: the token expires in") for m in messages)
+    assert "token refresh: a fresh token was obtained again" in messages
 
 
 # -- azure ------------------------------------------------------------------------------------------

@@ -103,6 +103,8 @@ class TokenEndpoint:
         self.claims = dict(claims or {})
         #: Issue opaque reference tokens instead of JWTs (as some providers do by default).
         self.opaque = False
+        #: Answer 503 (an outage at the provider) while set.
+        self.failing = False
         self.issued = Issued()
         self._seen_jti: set[str] = set()
         self._server = _Server(self._handle)
@@ -162,6 +164,9 @@ class TokenEndpoint:
             return 404, {"error": "not_found"}
         form = dict(urllib.parse.parse_qsl(body.decode()))
         self.issued.requests.append({k: v for k, v in form.items() if k not in ("client_secret",)})
+        if self.failing:
+            self.issued.refused.append("outage")
+            return 503, {"error": "temporarily_unavailable", "error_description": "try again later"}
         if form.get("grant_type") != "client_credentials":
             return 400, {"error": "unsupported_grant_type"}
         client = self._client(request, form)
