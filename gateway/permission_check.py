@@ -12,30 +12,39 @@ from dataclasses import dataclass
 
 from gateway.auth.token import Token
 from gateway.config import Config
-from gateway.config.uplink import AzureTokenConfig, OAuth2TokenConfig, UplinkConfig
+from gateway.config.uplink import AzureTokenConfig, OAuth2TokenConfig, UplinkConfig, fill_template
 from gateway.permission_gate import ExpectedTopic
 from gateway.router import Router
 from gateway.uplink.permissions import PermissionSet
 
 
 def device_topics(config: Config) -> list[ExpectedTopic]:
-    """Every topic a configured device publishes to (per device, or per point when not batched)."""
+    """Every topic a configured device publishes to (per device, or per point when not batched), and the
+    uplink's birth and will topics."""
     g = config.gateway
     router = Router(g.id, g.site, config.routes, config.telemetry.qos)
     topics = []
     for route in config.routes:
         if route.batch:
-            topics.append(ExpectedTopic(route.device.name, router.topic(route)))
+            topics.append(ExpectedTopic(f"device {route.device.name}", router.topic(route)))
         else:
             topics += [
-                ExpectedTopic(route.device.name, router.topic(route, p.name)) for p in route.device.points
+                ExpectedTopic(f"device {route.device.name}", router.topic(route, p.name))
+                for p in route.device.points
             ]
+    uplink = config.uplink
+    if isinstance(uplink, UplinkConfig):
+        # The uplink publishes these itself; a will on a topic the token does not grant is never sent.
+        for label, status in (("birth message", uplink.birth), ("will message", uplink.will)):
+            if status is not None:
+                topic = fill_template(status.topic, gateway=g.id, site=g.site)
+                topics.append(ExpectedTopic(label, topic))
     return topics
 
 
 @dataclass(frozen=True, slots=True)
 class TopicCheck:
-    device: str
+    label: str
     topic: str
     granted: bool
     #: The granting rule, or why not and what would grant it.
@@ -47,10 +56,10 @@ def check_topics(perms: PermissionSet, topics: Sequence[ExpectedTopic]) -> list[
     for item in topics:
         grant = perms.publish_grant(item.topic)
         if grant is not None:
-            checks.append(TopicCheck(item.device, item.topic, True, f"{grant.rule} (filter {grant.filter})"))
+            checks.append(TopicCheck(item.label, item.topic, True, f"{grant.rule} (filter {grant.filter})"))
         else:
             checks.append(
-                TopicCheck(item.device, item.topic, False, perms.explain_denial("publish", item.topic))
+                TopicCheck(item.label, item.topic, False, perms.explain_denial("publish", item.topic))
             )
     return checks
 
@@ -69,7 +78,7 @@ def report_lines(
     lines.append("device topics:")
     for check in checks:
         verdict = "granted" if check.granted else "NOT GRANTED"
-        lines.append(f"  {check.device}: {check.topic}: {verdict}: {check.detail}")
+        lines.append(f"  {check.label}: {check.topic}: {verdict}: {check.detail}")
     denied = sum(1 for check in checks if not check.granted)
     if denied:
         fate = "held until a token grants them" if cfg.denied == "hold" else "dropped (counted)"

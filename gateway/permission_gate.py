@@ -54,9 +54,10 @@ class TopicPermissions(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ExpectedTopic:
-    """A topic a configured device publishes to (reported at start and when the grants change)."""
+    """A topic the gateway will publish to (reported at start and when the grants change)."""
 
-    device: str
+    #: Who publishes there: ``device <name>``, ``birth message``, ``will message``.
+    label: str
     topic: str
 
 
@@ -154,15 +155,15 @@ class PermissionGate:
             self._expected_state[item] = granted
             if granted and before is False:
                 log.info(
-                    "device %s: topic %r is granted now (%s)",
-                    item.device,
+                    "%s: topic %r is granted now (%s)",
+                    item.label,
                     item.topic,
                     self._permissions.publish_rule(item.topic),
                 )
             elif not granted and before is not False:
                 log.warning(
-                    "device %s: topic %r is not granted by the current token: %s; its messages are %s",
-                    item.device,
+                    "%s: topic %r is not granted by the current token: %s; its messages are %s",
+                    item.label,
                     item.topic,
                     self._permissions.explain_publish_denial(item.topic),
                     "held" if self._permissions.policy == "hold" else "dropped",
