@@ -39,6 +39,8 @@ class PermissionTracker:
         self.subscribe_denied: Counter[str] = Counter()
         self._listeners: list[Callable[[], None]] = []
         self._told_disagreement: set[str] = set()
+        # Verdicts per topic for the current set: a gateway publishes to few topics, each very often.
+        self._verdicts: dict[str, bool] = {}
 
     @property
     def policy(self) -> str:
@@ -58,6 +60,7 @@ class PermissionTracker:
             self.current = fresh
             return
         self.current = fresh
+        self._verdicts.clear()
         if old is None:
             log.info(
                 "topic permissions from the token: %s",
@@ -94,7 +97,15 @@ class PermissionTracker:
     # -- read by the pipeline and the commands work --------------------------------------------------
     def publish_verdict(self, topic: str) -> bool | None:
         """True/False once a token was seen; None before (the gate waits)."""
-        return None if self.current is None else self.current.may_publish(topic)
+        verdict = self._verdicts.get(topic)
+        if verdict is None:
+            if self.current is None:
+                return None
+            verdict = self.current.may_publish(topic)
+            if len(self._verdicts) >= _MAX_REMEMBERED:
+                self._verdicts.clear()  # bounded: topics with ids in them must not grow it forever
+            self._verdicts[topic] = verdict
+        return verdict
 
     def explain_publish_denial(self, topic: str) -> str:
         return "no token yet" if self.current is None else self.current.explain_denial("publish", topic)
