@@ -71,11 +71,21 @@ class PermissionGate:
     """A :class:`MessageSink` in front of the uplink that applies the token's publish permissions."""
 
     def __init__(
-        self, inner: MessageSink, permissions: TopicPermissions, expected: Iterable[ExpectedTopic] = ()
+        self,
+        inner: MessageSink,
+        permissions: TopicPermissions,
+        expected: Iterable[ExpectedTopic] = (),
+        *,
+        max_held: int | None = None,
     ) -> None:
+        """``max_held`` bounds the held messages (``hold``): beyond it the oldest held one is dropped, so
+        held messages cannot fill the store and starve the topics that are granted. The app passes half
+        the store's bound."""
         self._inner = inner
         self._permissions = permissions
         self._expected = tuple(expected)
+        self._max_held = max_held
+        self._held_overflowing = False
         #: Messages not sent because their topic was not granted, per topic (dropped or held).
         self.denied: Counter[str] = Counter()
         self.dropped = 0
@@ -121,12 +131,28 @@ class PermissionGate:
             message, "holding it until a refreshed token grants the topic" if hold else "dropped"
         )
         if hold:
+            if self._max_held is not None and len(self._held) >= self._max_held:
+                self._drop_oldest_held()
             self._held.append(_Held(message, future))
         else:
             self.dropped += 1
             why = "not granted by the token's permissions (dropped before sending)"
             future.set_result(PublishResult(PublishOutcome.REFUSED, None, why))
         return future
+
+    def _drop_oldest_held(self) -> None:
+        oldest = self._held.popleft()
+        self.dropped += 1
+        if not self._held_overflowing:
+            self._held_overflowing = True
+            log.error(
+                "%d messages held for topics the token does not grant: dropping the oldest held ones "
+                "(counted) until a token grants their topics",
+                self._max_held,
+            )
+        if not oldest.future.done():
+            why = "not granted by the token's permissions; dropped from the held messages (limit reached)"
+            oldest.future.set_result(PublishResult(PublishOutcome.REFUSED, None, why))
 
     # -- logging -------------------------------------------------------------------------------------
     def _tell_denied(self, message: Message, what: str) -> None:
@@ -210,6 +236,8 @@ class PermissionGate:
             released += 1
             inner.add_done_callback(functools.partial(_chain, outer=entry.future))
         self._held = keep
+        if self._held_overflowing and (self._max_held is None or len(keep) < self._max_held // 2):
+            self._held_overflowing = False
         if released:
             self.released += released
             log.info("released %d held messages whose topics a refreshed token grants", released)
