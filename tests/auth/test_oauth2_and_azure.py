@@ -300,3 +300,88 @@ async def test_azure_errors_say_what_is_missing(monkeypatch: pytest.MonkeyPatch)
         assert str(failure.value).startswith(
             "azure managed-identity: CredentialUnavailableError: App Service managed identity"
         )
+
+
+def self_signed_pem(directory: Path) -> Path:
+    """A certificate and its key in one PEM, as CertificateCredential reads them."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fieldgate-app")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / "app.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+    return path
+
+
+def test_each_azure_credential_kind_builds_its_azure_identity_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure import identity
+
+    from gateway.auth.azure import build_credential
+
+    monkeypatch.setenv("FG_APP_SECRET", "app-secret")
+    federated = tmp_path / "federated-token"
+    federated.write_text("eyJ.federated.token")
+    ids = {
+        "client_id": "0f0e0d0c-0000-4000-8000-000000000001",
+        "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+    }
+    kinds = {
+        "managed-identity": (
+            AzureTokenConfig(credential="managed-identity"),
+            identity.ManagedIdentityCredential,
+        ),
+        "client-secret": (
+            AzureTokenConfig(credential="client-secret", client_secret=Secret("env:FG_APP_SECRET"), **ids),
+            identity.ClientSecretCredential,
+        ),
+        "client-certificate": (
+            AzureTokenConfig(
+                credential="client-certificate", certificate_file=self_signed_pem(tmp_path), **ids
+            ),
+            identity.CertificateCredential,
+        ),
+        "workload-identity": (
+            AzureTokenConfig(credential="workload-identity", token_file=federated, **ids),
+            identity.WorkloadIdentityCredential,
+        ),
+        "default": (AzureTokenConfig(credential="default"), identity.DefaultAzureCredential),
+    }
+    for kind, (cfg, expected) in kinds.items():
+        assert isinstance(build_credential(cfg), expected), kind
+
+
+def test_a_missing_azure_secret_is_named_by_its_reference_only() -> None:
+    from gateway.auth.azure import build_credential
+
+    cfg = AzureTokenConfig(
+        credential="client-secret",
+        client_id="c",
+        tenant_id="t",
+        client_secret=Secret("env:FG_NOT_SET_ANYWHERE"),
+    )
+    with pytest.raises(TokenError) as failure:
+        build_credential(cfg)
+    assert str(failure.value) == "azure client-secret: environment variable FG_NOT_SET_ANYWHERE is not set"

@@ -210,3 +210,25 @@ def test_applying_a_difference_to_the_old_set_gives_the_new_one(old: list[str], 
     change = before.diff(after)
     applied = ({g.filter for g in before.publish} | set(change.granted_publish)) - set(change.revoked_publish)
     assert applied == {g.filter for g in after.publish}
+
+
+site_values = st.text(alphabet="abc-1", min_size=1, max_size=4)
+
+
+@given(st.lists(site_values, min_size=1, max_size=3), st.data())
+def test_every_granted_topic_is_explained_by_its_template_with_the_tokens_own_values(
+    sites: list[str], data: st.DataObject
+) -> None:
+    template = "plants/${client.attributes.site}/id-${client.authenticationName}/+/#"
+    perms = PermissionSet.from_claims(
+        PermissionsConfig(publish_templates=(template,)), {"sub": "g1", "site": sites}
+    )
+    site = data.draw(st.sampled_from(sites))
+    topic = f"plants/{site}/id-g1/" + "/".join(
+        data.draw(st.lists(level_text.filter(bool), min_size=1, max_size=3))
+    )
+    assert perms.may_publish(topic)
+    assert template_would_allow(template, topic) == (
+        ("client.attributes.site", site),
+        ("client.authenticationName", "g1"),
+    )
