@@ -142,6 +142,8 @@ class AuthClient(paho.Client):
 
     def connection_closed(self) -> None:
         """Settle a pending re-authentication when the connection ends without an answer."""
+        if self._fg_pending is None:
+            return
         self._fg_settle(AuthOutcome(False, 0x80, "connection closed before the broker answered the AUTH"))
 
     @property
