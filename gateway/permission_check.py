@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.auth.token import Token
 from gateway.config import Config
 from gateway.config.uplink import AzureTokenConfig, OAuth2TokenConfig, UplinkConfig, fill_template
-from gateway.permission_gate import ExpectedTopic
+from gateway.permission_gate import ExpectedTopic, PermissionGate
+from gateway.pipeline import MessageSink
 from gateway.router import Router
 from gateway.uplink.permissions import PermissionSet
+
+if TYPE_CHECKING:
+    from gateway.uplink.session import Uplink
 
 
 def device_topics(config: Config) -> list[ExpectedTopic]:
@@ -94,3 +99,19 @@ def report_lines(
 def token_available_offline(uplink: UplinkConfig) -> bool:
     """Whether check-config may obtain the token: signer and file sources work without a network."""
     return not isinstance(uplink.token, AzureTokenConfig | OAuth2TokenConfig)
+
+
+def guard_uplink(config: Config, uplink: Uplink) -> MessageSink:
+    """What the pump should send to: the uplink behind a :class:`PermissionGate` when the config has
+    ``[uplink.permissions]`` (the tracker fed by the uplink's tokens and refusals), else the uplink."""
+    from gateway.uplink.permission_state import track_permissions
+
+    cfg = config.uplink
+    if not isinstance(cfg, UplinkConfig) or cfg.permissions is None:
+        return uplink
+    tracker = track_permissions(uplink, cfg.permissions)
+    # Held messages stay in the store (taken, not acknowledged): at most half of it, so they cannot
+    # starve the topics that are granted.
+    return PermissionGate(
+        uplink, tracker, device_topics(config), max_held=max(1, config.store.max_messages // 2)
+    )

@@ -101,6 +101,10 @@ class PermissionGate:
         permissions.add_listener(self._on_change)
 
     @property
+    def permissions(self) -> TopicPermissions:
+        return self._permissions
+
+    @property
     def held(self) -> int:
         return len(self._held)
 

@@ -24,9 +24,9 @@ from gateway.auth import make_token_source
 from gateway.cli import main
 from gateway.config import Config, load_config
 from gateway.config.uplink import UplinkConfig
-from gateway.permission_check import device_topics
+from gateway.permission_check import guard_uplink
 from gateway.permission_gate import PermissionGate
-from gateway.uplink.permission_state import PermissionTracker, track_permissions
+from gateway.uplink.permission_state import PermissionTracker
 from gateway.uplink.session import Uplink
 from tests.support.broker import LocalBroker
 from tests.support.tokens import generate_rsa_key_pair, mint_token
@@ -108,15 +108,17 @@ class Running:
 
 async def start(config: Config) -> Running:
     uplink_cfg = config.uplink
-    assert isinstance(uplink_cfg, UplinkConfig) and uplink_cfg.permissions is not None
+    assert isinstance(uplink_cfg, UplinkConfig)
     uplink = Uplink(
         uplink_cfg,
         make_token_source(uplink_cfg.token),
         gateway_id=config.gateway.id,
         site=config.gateway.site,
     )
-    tracker = track_permissions(uplink, uplink_cfg.permissions)
-    gate = PermissionGate(uplink, tracker, device_topics(config))
+    gate = guard_uplink(config, uplink)  # as the app's uplink factory does
+    assert isinstance(gate, PermissionGate)
+    tracker = gate.permissions
+    assert isinstance(tracker, PermissionTracker)
     gateway = Gateway(config, gate)
     task = asyncio.create_task(gateway.run(install_signal_handlers=False), name="gateway")
     return Running(gateway, gate, tracker, task)
