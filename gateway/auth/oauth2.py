@@ -47,13 +47,14 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 
 class OAuth2TokenSource:
-    """Asks the token endpoint for a new access token on every :meth:`get_token`."""
+    """Asks the token endpoint for an access token; reuses it while more than half its lifetime is left."""
 
     def __init__(self, config: OAuth2TokenConfig, *, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._clock = clock
         self._key: RSAPrivateKey | None = None
         self._lock = asyncio.Lock()
+        self._token: Token | None = None
 
     @property
     def auth_method(self) -> str:
@@ -172,6 +173,15 @@ class OAuth2TokenSource:
         return content, sent_at
 
     async def get_token(self) -> Token:
+        held = self._token
+        if held is not None and held.remaining(self._clock()) > held.lifetime / 2:
+            # A reconnect soon after a fetch reuses the token rather than asking the provider again;
+            # the refresh scheduler asks late in the lifetime, when this gets a fresh one.
+            return held
+        self._token = await self._fetch()
+        return self._token
+
+    async def _fetch(self) -> Token:
         cfg = self._config
         where = f"token endpoint {cfg.token_endpoint}"
         request, hidden = await self._request()

@@ -124,6 +124,10 @@ async def test_a_client_secret_gets_tokens_the_broker_accepts_and_refreshes(
     await connect_and_refresh(uplink_config(broker, cfg, "gw-oauth", "CUSTOM-JWT"), source)
 
     assert len(endpoint.issued.tokens) >= 2 and endpoint.issued.refused == []
+    # A reconnect right after the refresh reuses the fresh token instead of asking the provider again.
+    fetched = len(endpoint.issued.tokens)
+    assert (await source.get_token()).value == endpoint.issued.tokens[-1]
+    assert len(endpoint.issued.tokens) == fetched
     assert endpoint.issued.requests[0]["scope"] == "mqtt.publish"
     assert endpoint.issued.requests[0]["audience"] == broker.audience
     logged = "\n".join(r.getMessage() for r in caplog.records)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
+from gateway.cli import main
 from gateway.config.uplink import (
     AzureTokenConfig,
     OAuth2TokenConfig,
@@ -157,3 +160,35 @@ colour = "blue"
         'gw.toml: uplink.permissions.denied = "queue": expected one of "drop", "hold"',
         "gw.toml: uplink.permissions.colour: unknown key",
     ]
+
+
+def test_check_config_says_plainly_when_it_cannot_get_the_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "fieldgate.toml"
+    config.write_text(
+        """
+[gateway]
+id = "gw-1"
+site = "berlin"
+
+[uplink]
+host = "ns.westeurope-1.ts.eventgrid.azure.net"
+[uplink.token]
+source = "azure"
+[uplink.permissions]
+publish = ["sites/${client.attributes.site}/#"]
+
+[devices.boiler]
+driver = "simulated"
+[[devices.boiler.points]]
+name = "t"
+"""
+    )
+    assert main(["check-config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "permissions: not checked: the token comes from azure managed-identity "
+        "(scope https://eventgrid.azure.net/.default) at run time; "
+        f"run `fieldgate token --config {config}` on the gateway to check the grants"
+    ) in out
