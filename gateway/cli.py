@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch a token as run would, describe it and check the device topics it grants",
         description="Fetch a token from the configured source, show its header, claims and expiry (never "
         "the token itself) and, with [uplink.permissions], whether each device topic is granted. "
-        "Exit 3 when a device topic is not granted.",
+        "Exit 3 when a device, birth or will topic is not granted.",
     )
     token.add_argument("--config", "-c", required=True, help="the TOML config file")
     token.set_defaults(handler=cmd_token)

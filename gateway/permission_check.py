@@ -80,19 +80,19 @@ def report_lines(
     lines = ["permissions granted by this token ([uplink.permissions]):"]
     lines += ["  " + line for line in perms.describe().splitlines()]
     checks = check_topics(perms, topics)
-    lines.append("device topics:")
+    lines.append("topics of this gateway:")
     for check in checks:
         verdict = "granted" if check.granted else "NOT GRANTED"
         lines.append(f"  {check.label}: {check.topic}: {verdict}: {check.detail}")
     denied = sum(1 for check in checks if not check.granted)
     if denied:
         fate = "held until a token grants them" if cfg.denied == "hold" else "dropped (counted)"
+        count = f"{denied} topic{'s' if denied != 1 else ''}"
         lines.append(
-            f"{denied} device topic{'s are' if denied != 1 else ' is'} not granted: "
-            f'their messages will not be sent but {fate} (denied = "{cfg.denied}")'
+            f'{count} NOT GRANTED: their messages will be {fate}, never sent (denied = "{cfg.denied}")'
         )
     elif checks:
-        lines.append("every device topic is granted")
+        lines.append("every topic is granted")
     return lines, denied
 
 
