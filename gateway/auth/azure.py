@@ -40,12 +40,15 @@ def build_credential(cfg: AzureTokenConfig) -> _Credential:
     for name in ("azure.identity", "azure.core"):
         if logging.getLogger(name).level == logging.NOTSET:
             logging.getLogger(name).setLevel(logging.ERROR)
-    extra: dict[str, Any] = {}
+    # Bounds each HTTP request (azure-core's default read timeout is 300 s), so a hung identity endpoint
+    # does not keep worker threads busy long after get_token's own deadline has given up on them.
+    extra: dict[str, Any] = {"connection_timeout": cfg.timeout, "read_timeout": cfg.timeout}
     if cfg.authority is not None:
         extra["authority"] = cfg.authority
     try:
         if cfg.credential == "managed-identity":
-            return identity.ManagedIdentityCredential(client_id=cfg.client_id)
+            timeouts = {k: extra[k] for k in ("connection_timeout", "read_timeout")}
+            return identity.ManagedIdentityCredential(client_id=cfg.client_id, **timeouts)
         if cfg.credential == "client-secret":
             assert cfg.client_secret is not None and cfg.tenant_id and cfg.client_id  # required by the parser
             return identity.ClientSecretCredential(
