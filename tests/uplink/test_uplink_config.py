@@ -96,7 +96,13 @@ publish_topics = ["sites/plant-7/#"]
         tmp_path,
     )
     assert problems == []
-    assert (cfg.port, cfg.tls, cfg.client_id, cfg.username, cfg.qos) == (1884, False, "gw-1-session", "gw-1", 0)
+    assert (cfg.port, cfg.tls, cfg.client_id, cfg.username, cfg.qos) == (
+        1884,
+        False,
+        "gw-1-session",
+        "gw-1",
+        0,
+    )
     assert cfg.refresh.timeout == 3 and cfg.reconnect.initial == 0.5 and cfg.reconnect.maximum == 30
     assert cfg.will is not None and cfg.will.retain and cfg.will.delay == 10
     assert isinstance(cfg.token, SignerTokenConfig)
@@ -164,8 +170,8 @@ big = 9999999999
         'gw.toml: uplink.auth_method = "SAS": expected one of "CUSTOM-JWT", "OAUTH2-JWT"',
         "gw.toml: uplink.colour: unknown key",
         "gw.toml: uplink.reconnect.max = 1: must be at least reconnect.initial",
-        "gw.toml: uplink.birth.topic = \"gw/{gateway}/{plant}/#\": unknown placeholder {plant}",
-        "uplink.birth.topic = \"gw/{gateway}/{plant}/#\": a topic to publish to cannot contain the wildcards",
+        'gw.toml: uplink.birth.topic = "gw/{gateway}/{plant}/#": unknown placeholder {plant}',
+        'uplink.birth.topic = "gw/{gateway}/{plant}/#": a topic to publish to cannot contain the wildcards',
         'gw.toml: uplink.token.key_file = "/nowhere/issuer.key": no such file',
         "gw.toml: uplink.token.audience: is required",
         "gw.toml: uplink.token.lifetime = 2: must be at least 5",
