@@ -68,7 +68,9 @@ async def test_signer_issues_rs256_tokens_with_the_configured_claims(keys: tuple
     before = int(time.time())
     token = await source.get_token()
 
-    decoded = jwt.decode(token.value, public.read_bytes(), algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
+    decoded = jwt.decode(
+        token.value, public.read_bytes(), algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER
+    )
     assert decoded["sub"] == "gw-1"
     assert decoded["site"] == "plant-7" and decoded["line"] == 3
     assert decoded["publish_topics"] == ["plants/7/#", "gw/gw-1/#"]
@@ -111,7 +113,7 @@ async def test_signer_parses_the_key_once(keys: tuple[Path, Path], monkeypatch: 
 
 async def test_signer_errors_name_the_file_and_never_its_content(tmp_path: Path) -> None:
     missing = SignerTokenSource(signer_config(tmp_path / "nope.key"))
-    with pytest.raises(TokenError, match="cannot read key file .*nope.key"):
+    with pytest.raises(TokenError, match=r"cannot read key file .*nope\.key"):
         await missing.get_token()
 
     # A file that holds a token instead of a key: the message must not quote it.
@@ -210,13 +212,17 @@ async def test_a_token_never_shows_its_text_in_repr_or_str(keys: tuple[Path, Pat
         token.claims["sub"] = "someone else"  # type: ignore[index]
 
 
-async def test_describe_token_shows_header_claims_and_expiry_but_no_signature(keys: tuple[Path, Path]) -> None:
+async def test_describe_token_shows_header_claims_and_expiry_but_no_signature(
+    keys: tuple[Path, Path],
+) -> None:
     token = await SignerTokenSource(signer_config(keys[0], kid="k1")).get_token()
     text = describe_token(token, now=token.issued_at + 100)
-    assert '"kid": "k1"' in text and '"sub": "gw-1"' in text and '"iss": "https://fieldgate.dev/issuer"' in text
+    assert (
+        '"kid": "k1"' in text and '"sub": "gw-1"' in text and '"iss": "https://fieldgate.dev/issuer"' in text
+    )
     assert "time left: 8m20s" in text
     assert "bytes (not shown)" in text
-    header, claims, signature = token.value.split(".")
+    _header, claims, signature = token.value.split(".")
     assert token.value not in text and signature not in text and claims not in text
 
     expired = Token(value=token.value, expires_at=token.issued_at + 10, issued_at=token.issued_at)

@@ -65,9 +65,7 @@ class TokenLedger:
 
 
 @pytest.fixture
-def ledger(
-    broker: LocalBroker, caplog: pytest.LogCaptureFixture
-) -> Iterator[TokenLedger]:
+def ledger(broker: LocalBroker, caplog: pytest.LogCaptureFixture) -> Iterator[TokenLedger]:
     caplog.set_level(logging.DEBUG)
     book = TokenLedger()
     yield book
@@ -158,15 +156,17 @@ class Subscriber:
     def payloads(self) -> list[bytes]:
         return [bytes(m.payload) for m in self.messages if isinstance(m.payload, bytes | bytearray)]
 
-    async def wait_for(self, predicate: Callable[[Subscriber], bool], timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, predicate: Callable[[Subscriber], bool], within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
             while not predicate(self):
                 self.arrived.clear()
                 await self.arrived.wait()
 
 
 @contextlib.asynccontextmanager
-async def subscriber(broker: LocalBroker, ledger: TokenLedger, topic_filter: str) -> AsyncIterator[Subscriber]:
+async def subscriber(
+    broker: LocalBroker, ledger: TokenLedger, topic_filter: str
+) -> AsyncIterator[Subscriber]:
     token = ledger.add(
         mint_token(
             broker.private_key_path,
@@ -204,6 +204,40 @@ async def subscriber(broker: LocalBroker, ledger: TokenLedger, topic_filter: str
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class LogWatch(logging.Handler):
+    """Wakes waiters on every log record: the uplink logs each state change, so a condition on its
+    state is re-checked exactly when something happened (no polling)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # paho logs from the thread that runs connect(): hand the wake-up to the loop.
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait_for(self, predicate: Callable[[], bool], what: str, within: float) -> None:
+        try:
+            async with asyncio.timeout(within):
+                while not predicate():
+                    self._event.clear()
+                    await self._event.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out after {within} s waiting for {what}") from None
+
+
+@pytest.fixture
+async def watch() -> AsyncIterator[LogWatch]:
+    handler = LogWatch()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
 
 
 def broker_lines(broker: LocalBroker, needle: str, since: int = 0) -> list[str]:

@@ -47,7 +47,9 @@ def test_the_paho_logger_filter_rewrites_records_that_carry_a_token() -> None:
     assert sum(isinstance(f, TokenRedactingFilter) for f in logger.filters) == 1
     assert paho_logger("fieldgate.test.paho") is logger
     assert sum(isinstance(f, TokenRedactingFilter) for f in logger.filters) == 1
-    record = logging.LogRecord("x", logging.DEBUG, __file__, 1, "props=%s", (f"[AuthenticationData : b'{JWT}']",), None)
+    record = logging.LogRecord(
+        "x", logging.DEBUG, __file__, 1, "props=%s", (f"[AuthenticationData : b'{JWT}']",), None
+    )
     assert TokenRedactingFilter().filter(record)
     assert JWT not in record.getMessage()
 

@@ -4,6 +4,7 @@ refresh in session, and recover from refusals and expiry on its own."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import replace
@@ -18,6 +19,7 @@ from tests.support.tokens import mint_token
 from tests.uplink.conftest import (
     GATEWAY,
     SITE,
+    LogWatch,
     RecordingSource,
     TokenLedger,
     broker_lines,
@@ -34,16 +36,6 @@ TOPIC = f"plants/{SITE}/gateways/{GATEWAY}/readings"
 
 def messages(count: int, start: int = 0) -> list[Message]:
     return [Message(topic=TOPIC, payload=f"reading {i}".encode(), seq=i) for i in range(start, start + count)]
-
-
-async def until(predicate: object, timeout: float, what: str) -> None:
-    """Wait for a condition with a deadline (polling the uplink's state, which has no event of its own)."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_connects_with_its_jwt_and_every_qos1_message_is_acknowledged(
@@ -70,7 +62,9 @@ async def test_connects_with_its_jwt_and_every_qos1_message_is_acknowledged(
     assert (stats.connects, stats.connections, stats.delivered, stats.refused, stats.lost) == (1, 1, 11, 0, 0)
     assert stats.token_expires_at is not None and stats.inflight == 0
     assert len(broker_lines(broker, f"client '{GATEWAY}' connect accepted as '{GATEWAY}'", mark)) == 1
-    connected = [r for r in caplog.records if r.name == "fieldgate.uplink" and "uplink connected" in r.message]
+    connected = [
+        r for r in caplog.records if r.name == "fieldgate.uplink" and "uplink connected" in r.message
+    ]
     assert len(connected) == 1
     # paho's DEBUG log does print the CONNECT properties, with the token hidden.
     connect_lines = [r.getMessage() for r in caplog.records if "Sending CONNECT" in r.getMessage()]
@@ -92,12 +86,16 @@ async def test_a_publish_the_token_does_not_grant_is_refused_counted_and_logged_
     # A permitted publish nobody subscribed to: 0x10 "no matching subscribers" is a success.
     assert granted.reason_code == 0x10
     assert (stats.refused, stats.delivered) == (3, 1)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.message]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.message
+    ]
     assert len(warnings) == 1, "refusals of one topic are logged once"
     assert "'plants/other/x'" in warnings[0] and "0x87" in warnings[0]
 
 
-async def test_qos2_and_oversized_messages_are_refused_locally(broker: LocalBroker, ledger: TokenLedger) -> None:
+async def test_qos2_and_oversized_messages_are_refused_locally(
+    broker: LocalBroker, ledger: TokenLedger
+) -> None:
     cfg = uplink_config(broker, signer_config(broker), max_message_bytes=1024)
     uplink = Uplink(cfg, RecordingSource(cfg.token, ledger), gateway_id=GATEWAY, site=SITE)  # type: ignore[arg-type]
     async with running(uplink):
@@ -110,12 +108,12 @@ async def test_qos2_and_oversized_messages_are_refused_locally(broker: LocalBrok
 
 
 async def test_the_wrong_authentication_method_gets_a_clear_log_line(
-    broker: LocalBroker, ledger: TokenLedger, caplog: pytest.LogCaptureFixture
+    broker: LocalBroker, ledger: TokenLedger, caplog: pytest.LogCaptureFixture, watch: LogWatch
 ) -> None:
     cfg = uplink_config(broker, signer_config(broker), auth_method="OAUTH2-JWT")
     uplink = Uplink(cfg, RecordingSource(cfg.token, ledger), gateway_id=GATEWAY, site=SITE)  # type: ignore[arg-type]
     async with running(uplink, connected=False):
-        await until(lambda: uplink.stats.connections >= 2, 10, "two refused attempts")
+        await watch.wait_for(lambda: uplink.stats.connections >= 2, "two refused attempts", 10)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1, f"a persisting failure is logged once: {errors}"
     assert "CONNACK 0x8C bad authentication method" in errors[0]
@@ -124,7 +122,7 @@ async def test_the_wrong_authentication_method_gets_a_clear_log_line(
 
 @pytest.mark.parametrize("bad", ["another sub", "an expired token"])
 async def test_a_refused_refresh_is_logged_and_ends_in_a_reconnect_with_a_good_token(
-    broker: LocalBroker, ledger: TokenLedger, caplog: pytest.LogCaptureFixture, bad: str
+    broker: LocalBroker, ledger: TokenLedger, caplog: pytest.LogCaptureFixture, watch: LogWatch, bad: str
 ) -> None:
     mark = len(broker.log_lines())
     cfg = uplink_config(broker, signer_config(broker, lifetime=6))
@@ -141,7 +139,8 @@ async def test_a_refused_refresh_is_logged_and_ends_in_a_reconnect_with_a_good_t
                 publish_topics=[TOPIC],
             )
         )
-        await until(lambda: uplink.stats.connects >= 2 and uplink.stats.connected, 20, "the reconnect")
+        reconnected = lambda: uplink.stats.connects >= 2 and uplink.stats.connected  # noqa: E731
+        await watch.wait_for(reconnected, "the reconnect", 20)
         after = await (await uplink.send(messages(1)[0]))
         stats = uplink.stats
 
@@ -196,7 +195,7 @@ async def test_without_refresh_the_broker_disconnects_at_expiry_and_the_uplink_r
             await observer.wait_for(lambda s: want <= set(s.payloads()), 20)
         except TimeoutError:
             missing = sorted(int(w.split()[1]) for w in want - set(observer.payloads()))
-            raise AssertionError(f"observer missed {len(missing)} of {seq}: {missing[:20]} {uplink.stats} {len(observer.messages)}") from None
+            raise AssertionError(f"observer missed {len(missing)} of {seq}: {missing[:20]}") from None
         stats = uplink.stats
 
     assert broker_lines(broker, "expired", mark), "the broker disconnected the gateway at expiry"
@@ -220,6 +219,7 @@ async def test_five_second_tokens_for_sixty_seconds_one_connection_and_no_publis
     uplink = Uplink(cfg, RecordingSource(cfg.token, ledger), gateway_id=GATEWAY, site=SITE)  # type: ignore[arg-type]
     acked: list[float] = []
     results: list[PublishResult] = []
+    futures: list[asyncio.Future[PublishResult]] = []
 
     def on_done(future: asyncio.Future[PublishResult]) -> None:
         acked.append(time.monotonic())
@@ -231,9 +231,10 @@ async def test_five_second_tokens_for_sixty_seconds_one_connection_and_no_publis
         while time.monotonic() - start < 60:
             future = await uplink.send(messages(1, tick)[0])
             future.add_done_callback(on_done)
+            futures.append(future)
             tick += 1
             await asyncio.sleep(max(0.0, start + tick * interval - time.monotonic()))
-        await until(lambda: len(results) == tick, 10, "the last PUBACKs")
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
         stats = uplink.stats
 
     assert stats.connections == 1 and stats.connects == 1, stats
@@ -243,6 +244,6 @@ async def test_five_second_tokens_for_sixty_seconds_one_connection_and_no_publis
     assert stats.refreshes_ok >= 10 and stats.refreshes_failed == 0
     assert len(reauths) == stats.refreshes_ok
     assert all(r.outcome is PublishOutcome.DELIVERED for r in results) and len(results) == tick
-    gaps = [b - a for a, b in zip(acked, acked[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(acked)]
     assert max(gaps) <= interval + 0.050, f"longest gap between PUBACKs {max(gaps) * 1000:.0f} ms"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
