@@ -92,6 +92,7 @@ class PermissionGate:
         #: Held messages later sent because a refreshed token granted their topic.
         self.released = 0
         self._held: deque[_Held] = deque()
+        self._releasing: deque[_Held] = deque()
         self._told: set[str] = set()
         self._expected_state: dict[ExpectedTopic, bool] = {}
         #: Set at every change of the grants (the release task waits on it and clears it).
@@ -106,7 +107,8 @@ class PermissionGate:
 
     @property
     def held(self) -> int:
-        return len(self._held)
+        """Messages held (not sent) because their topic was not granted, including those being released."""
+        return len(self._held) + len(self._releasing)
 
     def stats_text(self) -> str:
         """For the stats line: what the permission check kept from the broker."""
@@ -135,7 +137,7 @@ class PermissionGate:
             message, "holding it until a refreshed token grants the topic" if hold else "dropped"
         )
         if hold:
-            if self._max_held is not None and len(self._held) >= self._max_held:
+            if self._max_held is not None and self._held and self.held >= self._max_held:
                 self._drop_oldest_held()
             self._held.append(_Held(message, future))
         else:
@@ -222,29 +224,29 @@ class PermissionGate:
 
     async def _release_granted(self) -> None:
         """Send held messages whose topic is granted now, oldest first."""
-        keep: deque[_Held] = deque()
-        released = 0
-        while self._held:
-            entry = self._held.popleft()
-            if entry.future.done():  # the pump stopped waiting (shutdown)
-                continue
-            if not self._permissions.publish_verdict(entry.message.topic):
-                keep.append(entry)
-                continue
-            try:
-                inner = await self._inner.send(entry.message)
-            except BaseException:
-                self._held.appendleft(entry)
-                self._held.extend(keep)
-                raise
-            released += 1
-            inner.add_done_callback(functools.partial(_chain, outer=entry.future))
-        self._held = keep
-        if self._held_overflowing and (self._max_held is None or len(keep) < self._max_held // 2):
+        verdict = self._permissions.publish_verdict
+        waiting = [e for e in self._held if not e.future.done()]  # done: the pump stopped waiting
+        # Split before sending: messages held while the sends below wait for the uplink are appended to
+        # the remaining ones, and the bound (max_held) keeps counting everything still held.
+        self._releasing = deque(e for e in waiting if verdict(e.message.topic))
+        self._held = deque(e for e in waiting if not verdict(e.message.topic))
+        if self._held_overflowing and (self._max_held is None or len(self._held) < self._max_held // 2):
             self._held_overflowing = False
-        if released:
-            self.released += released
-            log.info("released %d held messages whose topics a refreshed token grants", released)
+        released = 0
+        try:
+            while self._releasing:
+                entry = self._releasing[0]
+                inner = await self._inner.send(entry.message)
+                self._releasing.popleft()
+                released += 1
+                self.released += 1
+                inner.add_done_callback(functools.partial(_chain, outer=entry.future))
+        finally:
+            # Not sent (cancelled): still held, still first.
+            self._held.extendleft(reversed(self._releasing))
+            self._releasing.clear()
+            if released:
+                log.info("released %d held messages whose topics a refreshed token grants", released)
 
 
 def _chain(inner: asyncio.Future[PublishResult], *, outer: asyncio.Future[PublishResult]) -> None:
