@@ -229,7 +229,9 @@ class Uplink:
         future: asyncio.Future[PublishResult] = loop.create_future()
         if message.qos not in (0, 1):
             return self._refuse_locally(future, message.topic, f"QoS {message.qos} is not supported (0 or 1)")
-        size = publish_packet_size(message.topic, len(message.payload), message.qos)
+        # uplink.qos = 0 downgrades every message; with 1, each message keeps the QoS the router gave it.
+        qos = min(message.qos, self._config.qos)
+        size = publish_packet_size(message.topic, len(message.payload), qos)
         if size > self._config.max_message_bytes:
             why = f"message of {size} bytes exceeds max_message_bytes ({self._config.max_message_bytes})"
             return self._refuse_locally(future, message.topic, why)
@@ -238,7 +240,7 @@ class Uplink:
             why = f"message of {size} bytes exceeds the broker's Maximum Packet Size ({conn.max_packet})"
             return self._refuse_locally(future, message.topic, why)
         self._publish_on(
-            conn, topic=message.topic, payload=message.payload, qos=message.qos, retain=False, future=future
+            conn, topic=message.topic, payload=message.payload, qos=qos, retain=False, future=future
         )
         return future
 
