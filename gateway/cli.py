@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_status(sub)
 
+    token = sub.add_parser(
+        "token",
+        help="fetch a token as run would, describe it and check the device topics it grants",
+        description="Fetch a token from the configured source, show its header, claims and expiry (never "
+        "the token itself) and, with [uplink.permissions], whether each device topic is granted. "
+        "Exit 3 when a device, birth or will topic is not granted.",
+    )
+    token.add_argument("--config", "-c", required=True, help="the TOML config file")
+    token.set_defaults(handler=cmd_token)
+
     for ep in sorted(entry_points(group=COMMANDS_ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             ep.load()(sub)
@@ -113,7 +123,68 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     summarise(config, sys.stdout)
-    return 0
+    return check_permissions(config, sys.stdout, offline=args.offline)
+
+
+def check_permissions(config: Config, out: TextIO, *, offline: bool) -> int:
+    """check-config's permission part: 0, or 3 when the token does not grant a device topic."""
+    from gateway.auth import make_token_source
+    from gateway.config.uplink import UplinkConfig
+    from gateway.errors import TokenError
+    from gateway.permission_check import device_topics, report_lines, token_available_offline
+
+    uplink = config.uplink
+    if not isinstance(uplink, UplinkConfig) or uplink.permissions is None:
+        return 0
+    if offline:
+        out.write("permissions: not checked with --offline (the token source runs on the gateway)\n")
+        return 0
+    source = make_token_source(uplink.token)
+    if not token_available_offline(uplink):
+        out.write(
+            f"permissions: not checked: the token comes from {source.description} at run time; "
+            f"run `fieldgate token --config {config.source}` on the gateway to check the grants\n"
+        )
+        return 0
+    try:
+        token = asyncio.run(source.get_token())
+    except TokenError as exc:
+        out.write(f"permissions: not checked: no token from {source.description}: {exc}\n")
+        return 0
+    lines, denied = report_lines(uplink, token, device_topics(config))
+    out.write("\n".join(lines) + "\n")
+    return 3 if denied else 0
+
+
+# -- token --------------------------------------------------------------------------------------------
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.auth import Token, token_report
+    from gateway.config.uplink import UplinkConfig
+    from gateway.permission_check import device_topics, report_lines
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    uplink = config.uplink
+    if not isinstance(uplink, UplinkConfig):
+        print(f"{config.source}: no [uplink]: there is no token to fetch", file=sys.stderr)
+        return 1
+    denied = 0
+
+    def permissions(token: Token) -> list[str]:
+        nonlocal denied
+        lines, denied = report_lines(uplink, token, device_topics(config))
+        return lines
+
+    setup_logging("warning", "text")
+    try:
+        print(asyncio.run(token_report(uplink, extra=permissions)))
+    except FieldgateError as exc:
+        print(f"fieldgate token: {exc}", file=sys.stderr)
+        return 1
+    return 3 if denied else 0
 
 
 # -- run ----------------------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""Which configured device topics the current token grants: for ``fieldgate check-config`` and ``token``.
+
+A wrong grant should be caught when the gateway is installed, not hours later when the broker refuses
+it. Both commands list every device topic with the rule that grants it, or why it is not granted and
+which template and attribute value would grant it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.auth.token import Token
+from gateway.config import Config
+from gateway.config.uplink import AzureTokenConfig, OAuth2TokenConfig, UplinkConfig, fill_template
+from gateway.permission_gate import ExpectedTopic, PermissionGate
+from gateway.pipeline import MessageSink
+from gateway.router import Router
+from gateway.uplink.permissions import PermissionSet
+
+if TYPE_CHECKING:
+    from gateway.uplink.session import Uplink
+
+
+def device_topics(config: Config) -> list[ExpectedTopic]:
+    """Every topic a configured device publishes to (per device, or per point when not batched), and the
+    uplink's birth and will topics."""
+    g = config.gateway
+    router = Router(g.id, g.site, config.routes, config.telemetry.qos)
+    topics = []
+    for route in config.routes:
+        if route.batch:
+            topics.append(ExpectedTopic(f"device {route.device.name}", router.topic(route)))
+        else:
+            topics += [
+                ExpectedTopic(f"device {route.device.name}", router.topic(route, p.name))
+                for p in route.device.points
+            ]
+    uplink = config.uplink
+    if isinstance(uplink, UplinkConfig):
+        # The uplink publishes these itself; a will on a topic the token does not grant is never sent.
+        for label, status in (("birth message", uplink.birth), ("will message", uplink.will)):
+            if status is not None:
+                topic = fill_template(status.topic, gateway=g.id, site=g.site)
+                topics.append(ExpectedTopic(label, topic))
+    return topics
+
+
+@dataclass(frozen=True, slots=True)
+class TopicCheck:
+    label: str
+    topic: str
+    granted: bool
+    #: The granting rule, or why not and what would grant it.
+    detail: str
+
+
+def check_topics(perms: PermissionSet, topics: Sequence[ExpectedTopic]) -> list[TopicCheck]:
+    checks = []
+    for item in topics:
+        grant = perms.publish_grant(item.topic)
+        if grant is not None:
+            checks.append(TopicCheck(item.label, item.topic, True, f"{grant.rule} (filter {grant.filter})"))
+        else:
+            checks.append(
+                TopicCheck(item.label, item.topic, False, perms.explain_denial("publish", item.topic))
+            )
+    return checks
+
+
+def report_lines(
+    uplink: UplinkConfig, token: Token, topics: Sequence[ExpectedTopic]
+) -> tuple[list[str], int]:
+    """The permission report for ``token``; and how many device topics it does not grant."""
+    cfg = uplink.permissions
+    if cfg is None:
+        return ["permissions: not checked (no [uplink.permissions] in the config)"], 0
+    perms = PermissionSet.from_claims(cfg, token.claims)
+    lines = ["permissions granted by this token ([uplink.permissions]):"]
+    lines += ["  " + line for line in perms.describe().splitlines()]
+    checks = check_topics(perms, topics)
+    lines.append("topics of this gateway:")
+    for check in checks:
+        verdict = "granted" if check.granted else "NOT GRANTED"
+        lines.append(f"  {check.label}: {check.topic}: {verdict}: {check.detail}")
+    denied = sum(1 for check in checks if not check.granted)
+    if denied:
+        fate = "held until a token grants them" if cfg.denied == "hold" else "dropped (counted)"
+        count = f"{denied} topic{'s' if denied != 1 else ''}"
+        lines.append(
+            f'{count} NOT GRANTED: their messages will be {fate}, never sent (denied = "{cfg.denied}")'
+        )
+    elif checks:
+        lines.append("every topic is granted")
+    return lines, denied
+
+
+def token_available_offline(uplink: UplinkConfig) -> bool:
+    """Whether check-config may obtain the token: signer and file sources work without a network."""
+    return not isinstance(uplink.token, AzureTokenConfig | OAuth2TokenConfig)
+
+
+def guard_uplink(config: Config, uplink: Uplink) -> MessageSink:
+    """What the pump should send to: the uplink behind a :class:`PermissionGate` when the config has
+    ``[uplink.permissions]`` (the tracker fed by the uplink's tokens and refusals), else the uplink."""
+    from gateway.uplink.permission_state import track_permissions
+
+    cfg = config.uplink
+    if not isinstance(cfg, UplinkConfig) or cfg.permissions is None:
+        return uplink
+    tracker = track_permissions(uplink, cfg.permissions)
+    # Held messages stay in the store (taken, not acknowledged): at most half of it, so they cannot
+    # starve the topics that are granted.
+    return PermissionGate(
+        uplink, tracker, device_topics(config), max_held=max(1, config.store.max_messages // 2)
+    )

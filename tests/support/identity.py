@@ -1,0 +1,267 @@
+"""Local identity providers for the token-source tests: an OAuth2/OIDC token endpoint and an Azure
+managed-identity endpoint, each a real HTTP server on a free loopback port, issuing RS256 JWTs signed
+with the local broker's issuer key (so the broker accepts what they issue).
+
+The token endpoint checks client credentials the way a provider does: HTTP Basic or form secrets, or a
+`private_key_jwt` assertion (RS256 signature under the client's registered key, `aud` = the endpoint,
+`iss` = `sub` = client id, not expired, `jti` never seen before).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jwt
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass
+class Issued:
+    """What a local provider handed out (for the tests' own checks)."""
+
+    tokens: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    requests: list[dict[str, str]] = field(default_factory=list)
+
+
+class _Server:
+    """A ThreadingHTTPServer on 127.0.0.1:<free port> running `handle` for every request."""
+
+    def __init__(self, handle: Callable[[BaseHTTPRequestHandler, str, bytes], tuple[int, dict[str, Any]]]):
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, payload = handle(self, method, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="identity-endpoint", daemon=True
+        )
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def _sign(key_path: Path, claims: dict[str, Any]) -> str:
+    return jwt.encode(claims, key_path.read_bytes(), algorithm="RS256", headers={"typ": "JWT"})
+
+
+class TokenEndpoint:
+    """An OIDC provider's token endpoint for the client-credentials grant."""
+
+    def __init__(
+        self,
+        *,
+        signing_key: Path,
+        issuer: str,
+        audience: str,
+        clients: dict[str, str | Path],
+        lifetime: float = 300,
+        claims: dict[str, Any] | None = None,
+    ) -> None:
+        """`clients` maps a client id to its secret (str) or its registered public key (Path)."""
+        self.signing_key = signing_key
+        self.issuer = issuer
+        self.audience = audience
+        self.clients = clients
+        self.lifetime = lifetime
+        self.claims = dict(claims or {})
+        #: Issue opaque reference tokens instead of JWTs (as some providers do by default).
+        self.opaque = False
+        #: Answer 503 (an outage at the provider) while set.
+        self.failing = False
+        self.issued = Issued()
+        self._seen_jti: set[str] = set()
+        self._server = _Server(self._handle)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.port}/oauth2/v2.0/token"
+
+    def _refuse(self, why: str, status: int = 401) -> tuple[int, dict[str, Any]]:
+        self.issued.refused.append(why)
+        return status, {"error": "invalid_client", "error_description": why}
+
+    def _client(
+        self, request: BaseHTTPRequestHandler, form: dict[str, str]
+    ) -> str | tuple[int, dict[str, Any]]:
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            pair = base64.b64decode(header[6:]).decode()
+            raw_id, _, raw_secret = pair.partition(":")
+            client, secret = urllib.parse.unquote(raw_id), urllib.parse.unquote(raw_secret)
+            return client if self.clients.get(client) == secret else self._refuse("bad client credentials")
+        if "client_secret" in form:
+            client = form.get("client_id", "")
+            ok = self.clients.get(client) == form["client_secret"]
+            return client if ok else self._refuse("bad client credentials")
+        if form.get("client_assertion_type") == ASSERTION_TYPE:
+            client = form.get("client_id", "")
+            key = self.clients.get(client)
+            if not isinstance(key, Path):
+                return self._refuse("unknown client")
+            try:
+                claims = jwt.decode(
+                    form.get("client_assertion", ""),
+                    key.read_bytes(),
+                    algorithms=["RS256"],
+                    audience=self.url,
+                    issuer=client,
+                    options={"require": ["exp", "jti", "sub", "aud", "iss"]},
+                )
+            except jwt.PyJWTError as exc:
+                return self._refuse(f"client assertion rejected: {type(exc).__name__}")
+            if claims["sub"] != client:
+                return self._refuse("client assertion sub is not the client")
+            if claims["exp"] > time.time() + 600:
+                return self._refuse("client assertion lives too long")
+            with self._server.lock:
+                if claims["jti"] in self._seen_jti:
+                    return self._refuse("client assertion replayed (jti seen before)")
+                self._seen_jti.add(claims["jti"])
+            return client
+        return self._refuse("no client authentication", status=400)
+
+    def _handle(
+        self, request: BaseHTTPRequestHandler, method: str, body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        if method != "POST" or urllib.parse.urlsplit(request.path).path != "/oauth2/v2.0/token":
+            return 404, {"error": "not_found"}
+        form = dict(urllib.parse.parse_qsl(body.decode()))
+        self.issued.requests.append({k: v for k, v in form.items() if k not in ("client_secret",)})
+        if self.failing:
+            self.issued.refused.append("outage")
+            return 503, {"error": "temporarily_unavailable", "error_description": "try again later"}
+        if form.get("grant_type") != "client_credentials":
+            return 400, {"error": "unsupported_grant_type"}
+        client = self._client(request, form)
+        if not isinstance(client, str):
+            return client
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": client,
+            "aud": self.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(self.lifetime),
+            "jti": uuid.uuid4().hex,
+            **self.claims,
+        }
+        token = uuid.uuid4().hex if self.opaque else _sign(self.signing_key, claims)
+        self.issued.tokens.append(token)
+        return 200, {"access_token": token, "token_type": "Bearer", "expires_in": int(self.lifetime)}
+
+    def __enter__(self) -> TokenEndpoint:
+        self._server.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._server.stop()
+
+
+class ManagedIdentityEndpoint:
+    """An App Service-style managed identity endpoint (azure-identity reads IDENTITY_ENDPOINT and
+    IDENTITY_HEADER): GET ?api-version=2019-08-01&resource=..., header X-IDENTITY-HEADER; answers with
+    an Entra-like access token for the resource."""
+
+    def __init__(self, *, signing_key: Path, issuer: str, header_secret: str, lifetime: float = 300,
+                 claims: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.signing_key = signing_key
+        self.issuer = issuer
+        self.header_secret = header_secret
+        self.lifetime = lifetime
+        self.claims = dict(claims or {})
+        self.issued = Issued()
+        self.object_id = str(uuid.uuid4())
+        self._server = _Server(self._handle)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.port}/msi/token"
+
+    def _handle(
+        self, request: BaseHTTPRequestHandler, method: str, body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        parts = urllib.parse.urlsplit(request.path)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        self.issued.requests.append(query)
+        if method != "GET" or parts.path != "/msi/token":
+            return 404, {"error": "not_found"}
+        if request.headers.get("X-IDENTITY-HEADER") != self.header_secret:
+            self.issued.refused.append("bad identity header")
+            return 401, {"error": "unauthorized", "error_description": "missing or wrong X-IDENTITY-HEADER"}
+        resource = query.get("resource", "")
+        if resource != "https://eventgrid.azure.net":
+            self.issued.refused.append(f"resource {resource}")
+            return 400, {"error": "invalid_resource", "error_description": f"unknown resource {resource}"}
+        now = int(time.time())
+        claims = {
+            "aud": "https://eventgrid.azure.net/",
+            "iss": self.issuer,
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(self.lifetime),
+            "sub": self.object_id,
+            "oid": self.object_id,
+            "tid": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "appid": "c7f2b1a0-0000-4000-8000-000000000001",
+            "idtyp": "app",
+            "ver": "1.0",
+            **self.claims,
+        }
+        token = _sign(self.signing_key, claims)
+        self.issued.tokens.append(token)
+        return 200, {
+            "access_token": token,
+            "expires_on": str(now + int(self.lifetime)),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": claims["appid"],
+        }
+
+    def __enter__(self) -> ManagedIdentityEndpoint:
+        self._server.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._server.stop()
