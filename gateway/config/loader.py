@@ -19,6 +19,7 @@ from gateway.config.model import (
     TelemetrySettings,
 )
 from gateway.config.service import parse_metrics
+from gateway.config.uplink import UplinkConfig, parse_uplink
 from gateway.errors import ConfigError
 from gateway.registry import available_drivers, load_driver
 from gateway.schema import NAME_PATTERN, NAME_WHY, Problems, Table
@@ -129,12 +130,9 @@ def _store(table: Table) -> StoreSettings:
     return result
 
 
-def _uplink(table: Table | None, gateway: GatewaySettings) -> object | None:
+def _uplink(table: Table | None, gateway: GatewaySettings) -> UplinkConfig | None:
     if table is None:
         return None
-    # The uplink parses its own table; imported here so a config without [uplink] needs no MQTT stack.
-    from gateway.config.uplink import parse_uplink
-
     return parse_uplink(table, gateway_id=gateway.id, site=gateway.site)
 
 

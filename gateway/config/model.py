@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config.service import MetricsSettings
+from gateway.config.uplink import UplinkConfig
 from gateway.model import DeviceInfo, DriverConfig, DriverPlugin
 from gateway.topics import TopicTemplate
 
@@ -66,7 +67,7 @@ class Config:
     telemetry: TelemetrySettings
     store: StoreSettings
     #: Parsed ``[uplink]``, or None when the file has none (then only ``run --dry-run`` works).
-    uplink: object | None
+    uplink: UplinkConfig | None
     drivers: tuple[DriverSetup, ...]
     routes: tuple[DeviceRoute, ...]
     metrics: MetricsSettings = field(default_factory=MetricsSettings)

@@ -208,24 +208,6 @@ def fill_template(template: str, *, gateway: str, site: str) -> str:
     return template.replace("{gateway}", gateway).replace("{site}", site)
 
 
-def _path(table: Table, key: str, *, required: bool = False, must_exist: bool = True) -> Path | None:
-    # Own reader: in the core Table of this commit the ``path`` attribute (the key path string)
-    # shadows the ``Table.path()`` method.
-    if required and not table.has(key):
-        table.problem(key, "is required")
-        return None
-    raw = table.raw(key)
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or not raw:
-        table.problem(key, "expected a path", raw)
-        return None
-    path = Path(raw)
-    if must_exist and not path.exists():
-        table.problem(key, "no such file", raw)
-    return path
-
-
 def _parse_status(table: Table, *, will: bool) -> StatusMessageConfig:
     topic = table.string("topic")
     for name in _PLACEHOLDER.findall(topic):
@@ -381,11 +363,11 @@ def _parse_token(table: Table, *, default_subject: str) -> TokenConfig:
     elif source == "oauth2":
         token = _parse_oauth2(table)
     elif source == "file":
-        path = _path(table, "path", required=True, must_exist=False)
+        path = table.path("path", required=True, must_exist=False)
         warning = table.number("expiry_warning", 300.0, minimum=0.0)
         token = FileTokenConfig(path=path or Path(), expiry_warning=warning)
     else:
-        key_file = _path(table, "key_file", required=True)
+        key_file = table.path("key_file", required=True)
         kid = table.optional_string("kid")
         issuer = table.string("issuer")
         subject = table.string("subject", default_subject)
@@ -419,7 +401,7 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
     host = table.string("host")
     tls = table.boolean("tls", True)
     port = table.integer("port", 8883 if tls else 1883, minimum=1, maximum=65535)
-    ca_file = _path(table, "ca_file")
+    ca_file = table.path("ca_file")
     if ca_file is not None and not tls:
         table.problem("ca_file", "is only used with tls = true", str(ca_file))
     client_id = table.string("client_id", gateway_id)
