@@ -38,8 +38,14 @@ stamp="$venv/.fieldgate-installed${extra}"
 digest=$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$digest" ]]; then
   echo "setup: installing fieldgate${extra} into $venv" >&2
-  "$venv/bin/python" -m pip install -q --upgrade pip >&2
-  "$venv/bin/python" -m pip install -q -e ".${extra}" >&2
+  log="$venv/pip-install.log"
+  # pip's chatter goes to a log; it is shown only when the install fails.
+  if ! { "$venv/bin/python" -m pip install --upgrade pip &&
+         "$venv/bin/python" -m pip install -e ".${extra}"; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "setup: installing fieldgate failed (full log: $log)" >&2
+    exit 1
+  fi
   echo "$digest" >"$stamp"
 fi
 echo "$venv"

@@ -27,6 +27,7 @@ from gateway.pipeline import (
     route_pending,
 )
 from gateway.router import Router
+from gateway.status import uplink_status
 from gateway.store import MemoryStore
 
 log = logging.getLogger("fieldgate.app")
@@ -259,6 +260,18 @@ class Gateway:
             f"in flight {store.in_flight}",
             f"dropped {store.dropped}",
         ]
+        uplink = uplink_status(self.sink)
+        if uplink.kind == "mqtt":
+            state = "connected" if uplink.connected else "disconnected"
+            expires = (
+                f", token expires in {uplink.token_expires_at - time.time():.0f}s"
+                if uplink.token_expires_at is not None
+                else ""
+            )
+            parts.append(
+                f"uplink {state}, connects {uplink.connects}, refreshes {uplink.refreshes_ok} ok"
+                f" / {uplink.refreshes_failed} failed{expires}, not granted {uplink.permission_denials}"
+            )
         errors = {name: c.bad for name, c in sorted(self.readings.devices.items()) if c.bad}
         parts.append("errors: " + (", ".join(f"{k}={v}" for k, v in errors.items()) if errors else "none"))
         return ", ".join(parts)

@@ -17,6 +17,7 @@ pipeline does not import the uplink, the uplink does not know devices.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections import Counter, deque
@@ -109,6 +110,14 @@ class PermissionGate:
     def held(self) -> int:
         """Messages held (not sent) because their topic was not granted, including those being released."""
         return len(self._held) + len(self._releasing)
+
+    @property
+    def stats(self) -> object | None:
+        """The inner sink's figures (the uplink session's) plus the messages this gate kept from it."""
+        inner = getattr(self._inner, "stats", None)
+        if inner is None or not dataclasses.is_dataclass(inner) or isinstance(inner, type):
+            return inner
+        return dataclasses.replace(inner, permission_denials=sum(self.denied.values()))
 
     def stats_text(self) -> str:
         """For the stats line: what the permission check kept from the broker."""

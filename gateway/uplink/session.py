@@ -76,6 +76,8 @@ class UplinkStats:
     lost: int
     token_expires_at: float | None
     inflight: int
+    #: Messages the permission gate kept from the broker (their topic is not granted); set by the gate.
+    permission_denials: int = 0
 
 
 def publish_packet_size(topic: str, payload_len: int, qos: int) -> int:
