@@ -281,7 +281,8 @@ static const char *verify_token(const void *data, uint16_t len, struct fg_verifi
 		return problem;
 	}
 	out->sub = strdup(sub->valuestring);
-	out->exp = (time_t)exp->valuedouble;
+	/* Clamp absurd values before the conversion (a double beyond time_t is undefined behaviour). */
+	out->exp = exp->valuedouble > 1e15 ? (time_t)1e15 : (time_t)exp->valuedouble;
 	if(!out->sub || fg_grants_from_claims(&plugin.perm, out->claims, out->sub, &out->grants)){
 		free_verified(out);
 		return "out of memory";

@@ -4,7 +4,7 @@
 # Idempotent: does nothing (and needs no privileges) when everything is present.
 set -euo pipefail
 
-packages=(mosquitto mosquitto-dev libmosquitto-dev libjwt-dev libcjson-dev gcc make libc6-dev pkg-config openssl)
+packages=(mosquitto mosquitto-dev libmosquitto-dev libjwt-dev libcjson-dev gcc make libc6-dev openssl)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -139,6 +139,8 @@ conf="$runtime_dir/mosquitto.conf"
     echo "user $(id -un)"
     echo "per_listener_settings false"
     echo "allow_anonymous false"
+    # Event Grid needs a client id (the session name) and assigns none.
+    echo "allow_zero_length_clientid false"
     echo "persistence false"
     echo "log_dest stderr"
     echo "log_timestamp_format %Y-%m-%dT%H:%M:%S"

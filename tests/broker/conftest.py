@@ -38,7 +38,10 @@ def issuer_keys(tmp_path_factory: pytest.TempPathFactory) -> IssuerKeys:
 
 @pytest.fixture(scope="module")
 def broker(issuer_keys: IssuerKeys) -> Iterator[LocalBroker]:
-    with LocalBroker(keys_dir=issuer_keys.directory, second_public_key=issuer_keys.next_public) as running:
+    # Debug logging: the token-leak checks then cover every line mosquitto can write.
+    with LocalBroker(
+        keys_dir=issuer_keys.directory, second_public_key=issuer_keys.next_public, verbose=True
+    ) as running:
         yield running
 
 

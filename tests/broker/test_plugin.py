@@ -24,6 +24,7 @@ from tests.support.mqtt5_raw import (
     PROP_AUTH_METHOD,
     PROP_MAXIMUM_PACKET_SIZE,
     PROP_MAXIMUM_QOS,
+    PROP_SERVER_KEEP_ALIVE,
     PROP_TOPIC_ALIAS_MAXIMUM,
     Auth,
     Connack,
@@ -39,6 +40,7 @@ METHOD = "CUSTOM-JWT"
 SUCCESS = 0x00
 NO_MATCHING_SUBSCRIBERS = 0x10
 GRANTED_QOS_1 = 0x01
+UNSPECIFIED_ERROR = 0x80
 NOT_AUTHORIZED = 0x87
 BAD_AUTH_METHOD = 0x8C
 PACKET_TOO_LARGE = 0x95
@@ -184,6 +186,14 @@ def test_a_username_that_is_not_the_tokens_sub_is_refused(
     broker.wait_for_log(f"client '{client_id}' connect refused: username 'gw-2' is not the token's sub")
 
 
+def test_a_connect_without_client_id_is_refused(open_client: Opener, tokens: TokenMinter) -> None:
+    # Event Grid needs the client id (the session name) and assigns none; mosquitto 2.0.11
+    # refuses an empty one with 0x80 (unspecified error) rather than 0x85.
+    _, connack = connect(open_client, "", tokens("gw-1"))
+
+    assert connack.reason_code == UNSPECIFIED_ERROR
+
+
 # -- re-authentication and expiry ---------------------------------------------------------------
 
 
@@ -281,6 +291,22 @@ def test_only_the_expired_client_is_disconnected(
     long.ping()
 
 
+def test_a_reconnect_that_takes_over_the_session_is_not_cut_off_at_the_old_tokens_expiry(
+    open_client: Opener, tokens: TokenMinter, client_id: str
+) -> None:
+    # The expiry kick goes by client id: it must not hit the new connection with the same id.
+    old, _ = connect(open_client, client_id, tokens("gw-1", lifetime=2))
+    old_exp = time.time() + 2
+    new, connack = connect(open_client, client_id, tokens("gw-1", lifetime=60))
+    assert connack.reason_code == SUCCESS
+    old.wait_closed(timeout=5)
+
+    while time.time() < old_exp + 1.5:
+        new.ping()
+        time.sleep(0.2)
+    new.ping()
+
+
 # -- topic permissions --------------------------------------------------------------------------
 
 
@@ -295,6 +321,17 @@ def test_publishing_where_the_token_does_not_grant_is_refused_with_puback_0x87(
     assert granted.reason_code in (SUCCESS, NO_MATCHING_SUBSCRIBERS)
     assert refused.reason_code == NOT_AUTHORIZED
     broker.wait_for_log(f"client '{client_id}' publish 'plants/p1/config' denied: not granted to 'gw-1'")
+
+
+def test_a_refused_qos0_publish_is_dropped_and_the_connection_stays(
+    open_client: Opener, tokens: TokenMinter, client_id: str, broker: LocalBroker
+) -> None:
+    client, _ = connect(open_client, client_id, tokens("gw-1", publish_topics=["plants/#"]))
+
+    client.publish("other/topic", b"x", qos=0)
+
+    broker.wait_for_log(f"client '{client_id}' publish 'other/topic' denied")
+    client.ping()
 
 
 def test_a_token_without_publish_grants_may_not_publish_anywhere(
@@ -319,6 +356,14 @@ def test_subscriptions_are_limited_to_granted_filters_and_receive_granted_messag
     delivered = subscriber.read_packet()
     assert isinstance(delivered, Publish)
     assert (delivered.topic, delivered.payload) == ("plants/p1/telemetry", b"21.5")
+
+
+def test_a_shared_subscription_is_refused(open_client: Opener, tokens: TokenMinter, client_id: str) -> None:
+    # Event Grid has no shared subscriptions; mosquitto checks the whole "$share/..." filter,
+    # which no grant covers.
+    client, _ = connect(open_client, client_id, tokens("app", subscribe_topics=["#", "plants/#"]))
+
+    assert client.subscribe("$share/group/plants/#").reason_codes == (NOT_AUTHORIZED,)
 
 
 def test_a_will_is_published_only_on_a_granted_topic(
@@ -357,6 +402,15 @@ def test_a_packet_over_512_kib_is_refused(open_client: Opener, tokens: TokenMint
     client.publish("plants/big", b"x" * (513 * 1024), qos=1)
 
     assert client.wait_closed(timeout=5) == [Disconnect(PACKET_TOO_LARGE)]
+
+
+def test_a_keepalive_above_event_grids_maximum_is_lowered_by_the_broker(
+    open_client: Opener, tokens: TokenMinter, client_id: str
+) -> None:
+    _, connack = connect(open_client, client_id, tokens("gw-1"), keepalive=3600)
+
+    assert connack.reason_code == SUCCESS
+    assert connack.properties[PROP_SERVER_KEEP_ALIVE] == 1160
 
 
 # -- secrets ------------------------------------------------------------------------------------

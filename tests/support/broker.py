@@ -46,7 +46,11 @@ def build_plugin() -> None:
 
 
 class LocalBroker:
-    """mosquitto with the fieldgate auth plugin, on 127.0.0.1 and a free port."""
+    """mosquitto with the fieldgate auth plugin, on 127.0.0.1 and a free port.
+
+    `verbose=True` turns on mosquitto's debug log (every packet and every allowed publish):
+    thorough for log scans, costly for throughput tests.
+    """
 
     host = "127.0.0.1"
 
@@ -63,7 +67,7 @@ class LocalBroker:
         publish_claim: str | None = "publish_topics",
         subscribe_claim: str | None = "subscribe_topics",
         tls: bool = False,
-        verbose: bool = True,
+        verbose: bool = False,
         start_timeout: float = 30.0,
     ) -> None:
         self._own_dir = tempfile.TemporaryDirectory(prefix="fieldgate-broker-")
@@ -84,6 +88,8 @@ class LocalBroker:
         self.port = 0
         self.log_path = base / "broker.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._lines: list[str] = []
+        self._log_offset = 0
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -181,14 +187,28 @@ class LocalBroker:
             process.kill()
             process.wait(timeout=5)
 
+    @property
+    def pid(self) -> int | None:
+        """The mosquitto process id (run.sh execs mosquitto), while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
     def log_lines(self) -> list[str]:
+        """Every complete line the broker (and run.sh) logged so far."""
+        # Read only what is new: tests poll this while the broker may log every packet.
         try:
-            return self.log_path.read_text(errors="replace").splitlines()
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_offset)
+                chunk = log.read()
         except FileNotFoundError:
-            return []
+            return list(self._lines)
+        complete = chunk.rfind(b"\n") + 1
+        if complete:
+            self._lines += chunk[:complete].decode(errors="replace").splitlines()
+            self._log_offset += complete
+        return list(self._lines)
 
     def wait_for_log(self, needle: str, timeout: float = 5.0) -> str:
         """The first log line containing `needle`, waiting for it up to `timeout` seconds."""
@@ -207,7 +227,11 @@ class LocalBroker:
             self._own_dir.cleanup()
 
     def __enter__(self) -> LocalBroker:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(
         self,
