@@ -8,16 +8,19 @@ import itertools
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from gateway.config.uplink import RefreshConfig, StatusMessageConfig
+from gateway.auth import make_token_source
+from gateway.config.uplink import FileTokenConfig, RefreshConfig, StatusMessageConfig
 from gateway.model import Message
 from gateway.uplink import PublishOutcome, PublishResult, Uplink
 from tests.support.broker import LocalBroker
 from tests.support.tokens import mint_token
 from tests.uplink.conftest import (
     GATEWAY,
+    GRANTED,
     SITE,
     LogWatch,
     RecordingSource,
@@ -266,3 +269,33 @@ async def test_five_second_tokens_for_sixty_seconds_one_connection_and_no_publis
         f"({at - min(sent, key=lambda s: abs(s - at)):+.2f} s from an AUTH); overall {overall * 1000:.0f} ms"
     )
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_file_token_source_refreshes_in_session_with_what_the_agent_wrote(
+    broker: LocalBroker, ledger: TokenLedger, watch: LogWatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "token.jwt"
+
+    def agent_writes(lifetime: float) -> None:
+        token = mint_token(
+            broker.private_key_path,
+            sub=GATEWAY,
+            lifetime=lifetime,
+            iss=broker.issuer,
+            aud=broker.audience,
+            publish_topics=[GRANTED],
+        )
+        path.with_suffix(".tmp").write_text(ledger.add(token))
+        path.with_suffix(".tmp").replace(path)
+
+    agent_writes(6)
+    cfg = uplink_config(broker, FileTokenConfig(path=path, expiry_warning=2))
+    uplink = Uplink(cfg, make_token_source(cfg.token), gateway_id=GATEWAY, site=SITE)
+    async with running(uplink):
+        agent_writes(60)
+        await watch.wait_for(lambda: uplink.stats.refreshes_ok >= 1, "a refresh with the new file", 10)
+        result = await (await uplink.send(messages(1)[0]))
+        stats = uplink.stats
+    assert result.outcome is PublishOutcome.DELIVERED
+    assert (stats.connects, stats.refreshes_ok, stats.refreshes_failed) == (1, 1, 0)
+    assert stats.token_expires_at is not None and stats.token_expires_at - time.time() > 30
