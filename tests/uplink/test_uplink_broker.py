@@ -159,9 +159,17 @@ async def test_a_refused_refresh_is_logged_and_ends_in_a_reconnect_with_a_good_t
 async def test_without_refresh_the_broker_disconnects_at_expiry_and_the_uplink_reconnects_by_itself(
     broker: LocalBroker, ledger: TokenLedger, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Messages in flight at the disconnect come back LOST; a caller that resends loses nothing."""
+    """Messages in flight at the disconnect come back LOST; a caller that resends loses nothing.
+    The broker publishes the will (it kicks with the will); the birth follows each reconnect."""
     mark = len(broker.log_lines())
-    cfg = uplink_config(broker, signer_config(broker, lifetime=3), refresh=RefreshConfig(enabled=False))
+    status = "plants/{site}/gateways/{gateway}/status"
+    cfg = uplink_config(
+        broker,
+        signer_config(broker, lifetime=3),
+        refresh=RefreshConfig(enabled=False),
+        birth=StatusMessageConfig(topic=status, payload="online"),
+        will=StatusMessageConfig(topic=status, payload="offline"),
+    )
     uplink = Uplink(cfg, RecordingSource(cfg.token, ledger), gateway_id=GATEWAY, site=SITE)  # type: ignore[arg-type]
     outcomes: dict[int, PublishOutcome] = {}
     lost_seen = 0
@@ -205,6 +213,8 @@ async def test_without_refresh_the_broker_disconnects_at_expiry_and_the_uplink_r
     assert stats.connects >= 2 and stats.refreshes_ok == 0
     assert set(outcomes) == set(range(seq)) and set(outcomes.values()) == {PublishOutcome.DELIVERED}
     assert stats.lost == lost_seen and lost_seen >= 1
+    status_payloads = [p for p in observer.payloads() if p in (b"online", b"offline")]
+    assert status_payloads[:3] == [b"online", b"offline", b"online"]
     disconnected = [r.getMessage() for r in caplog.records if "uplink disconnected" in r.getMessage()]
     # One line per disconnection. Under load the socket may close before paho reads DISCONNECT 0x98.
     assert len(disconnected) == stats.connects - 1
