@@ -142,9 +142,12 @@ class AuthClient(paho.Client):
 
     def connection_closed(self) -> None:
         """Settle a pending re-authentication when the connection ends without an answer."""
-        if self._fg_pending is None:
-            return
-        self._fg_settle(AuthOutcome(False, 0x80, "connection closed before the broker answered the AUTH"))
+        pending, self._fg_pending = self._fg_pending, None
+        if pending is not None and not pending.done():
+            # Not recorded as a refusal: the connection ended for a reason of its own.
+            pending.set_result(
+                AuthOutcome(False, 0x80, "connection closed before the broker answered the AUTH")
+            )
 
     @property
     def refusal(self) -> AuthOutcome | None:

@@ -389,6 +389,8 @@ class Uplink:
                 self._refreshes_ok += 1
                 log.debug("token refreshed in session (%s), %.0f s left", outcome.detail, fresh.remaining())
                 continue
+            if conn.ended.done() and conn.auth.refusal is None:
+                return  # the connection ended for another reason, which the reconnect loop logs
             self._refreshes_failed += 1
             log.warning("token refresh refused: %s; reconnecting with a fresh token", outcome.detail)
             conn.end(f"token refresh refused: {outcome.detail}")

@@ -23,6 +23,7 @@ from gateway.config.uplink import (
     ReconnectConfig,
     RefreshConfig,
     SignerTokenConfig,
+    TokenConfig,
     UplinkConfig,
 )
 from gateway.uplink import Uplink
@@ -114,7 +115,7 @@ def signer_config(broker: LocalBroker, *, sub: str = GATEWAY, lifetime: float = 
     )
 
 
-def uplink_config(broker: LocalBroker, token: SignerTokenConfig, **overrides: Any) -> UplinkConfig:
+def uplink_config(broker: LocalBroker, token: TokenConfig, **overrides: Any) -> UplinkConfig:
     cfg = UplinkConfig(
         host=broker.host,
         port=broker.port,
