@@ -156,6 +156,9 @@ conf="$runtime_dir/mosquitto.conf"
     echo "max_packet_size 524288"
     echo "max_keepalive 1160"
     echo "set_tcp_nodelay true"
+    # mosquitto drops QoS 1 messages queued beyond 1000 for a subscriber that lags; the local broker's
+    # subscribers are tests and demos that count every message, so let them lag without losses.
+    echo "max_queued_messages 100000"
     echo
     echo "listener $port 127.0.0.1"
     echo "max_qos 1"
