@@ -1,7 +1,6 @@
 """An operator looks at the running gateway: `fieldgate status` and the Prometheus endpoint.
 
-These runs use --dry-run (the uplink is not merged into this branch): the uplink figures come from the
-sink's optional ``stats`` and show as a dry run here; the file and endpoint carry them when present.
+These runs use --dry-run; test_status_metrics_broker.py runs the same against the local broker.
 """
 
 from __future__ import annotations
