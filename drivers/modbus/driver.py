@@ -75,6 +75,8 @@ class ModbusLinkDriver:
         }
         self._link: Link | None = None
         self._link_stats = LinkStats()
+        #: Per poll loop, when it last came round (``gateway.model.Heartbeat``).
+        self._progress: dict[tuple[str, float], float] = {}
 
     @property
     def name(self) -> str:
@@ -90,6 +92,23 @@ class ModbusLinkDriver:
 
     def state(self, device: str) -> DeviceState:
         return self._states[device]
+
+    # -- gateway.model.Heartbeat -------------------------------------------------------------------
+    @property
+    def last_progress(self) -> float | None:
+        """The laggard poll loop's last round: one hung loop is enough to call the link stuck."""
+        return min(self._progress.values(), default=None)
+
+    @property
+    def max_silence(self) -> float:
+        # A poll may wait for every other transaction on the link (one bus, one owner), each of which
+        # may use its whole timeout on every try; three intervals on top for skipped ticks.
+        transactions = sum(len(st.plan.requests) for st in self._states.values())
+        worst = max(
+            ((st.device.timeout * (st.device.retries + 1)) for st in self._states.values()), default=1.0
+        )
+        interval = max((g.interval for st in self._states.values() for g in st.plan.groups), default=1.0)
+        return 3 * interval + transactions * worst + 10.0
 
     def plans(self) -> tuple[DevicePlan, ...]:
         return tuple(s.plan for s in self._states.values())
@@ -144,6 +163,7 @@ class ModbusLinkDriver:
         finally:
             link.close()
             self._link = None
+            self._progress.clear()
 
     async def close(self) -> None:
         """Release the connections (idempotent; ``run`` also releases them when cancelled)."""
@@ -153,7 +173,9 @@ class ModbusLinkDriver:
     async def _poll_loop(self, link: Link, st: DeviceState, group: PollGroup, emit: ReadingSink) -> None:
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
+        beat = (st.device.name, group.interval)
         while True:
+            self._progress[beat] = time.monotonic()
             delay = next_tick - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -142,6 +142,9 @@ class SerialDriver:
         self._counters = Counters()
         self._port: serial.Serial | None = None
         self._silent: set[str] = set()
+        #: When the open/retry or poll loop last came round (``gateway.model.Heartbeat``); None while
+        #: streaming, where reads are driven by the event loop itself and quiet is legitimate.
+        self._progress: float | None = None
 
     @property
     def name(self) -> str:
@@ -150,6 +153,17 @@ class SerialDriver:
     @property
     def settings(self) -> DeviceSpec:
         return self.spec
+
+    @property
+    def last_progress(self) -> float | None:
+        return self._progress
+
+    @property
+    def max_silence(self) -> float:
+        spec = self.spec
+        # Polled: every command may run into its timeout before the slowest one comes due again.
+        cycle = max((c.interval for c in spec.commands), default=0.0) + sum(c.timeout for c in spec.commands)
+        return 3 * cycle + spec.retry_max + 10.0
 
     @property
     def counters(self) -> dict[str, int]:
@@ -163,6 +177,7 @@ class SerialDriver:
         down = False
         try:
             while True:
+                self._progress = time.monotonic()
                 try:
                     port = await self._open()
                 except DeviceUnavailable as exc:
@@ -212,6 +227,7 @@ class SerialDriver:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, spec.retry_max)
         finally:
+            self._progress = None
             await self._release()
 
     async def close(self) -> None:
@@ -245,6 +261,7 @@ class SerialDriver:
         if self.spec.mode == "polled":
             await self._poll(port, emit)
         else:
+            self._progress = None
             await self._stream(port, emit)
 
     async def _stream(self, port: serial.Serial, emit: ReadingSink) -> None:
@@ -326,6 +343,7 @@ class SerialDriver:
         link = _Link(self.name, port, on_data)
         try:
             while True:
+                self._progress = time.monotonic()
                 index = min(range(len(plans)), key=due.__getitem__)
                 cmd, framer, plan = plans[index]
                 delay = due[index] - loop.time()
