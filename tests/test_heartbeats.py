@@ -1,4 +1,4 @@
-"""The service watchdog tells a hung driver loop from a device fault: drivers that keep trying keep beating."""
+"""The watchdog tells a hung driver loop from a device fault: drivers that keep trying keep beating."""
 
 from __future__ import annotations
 
