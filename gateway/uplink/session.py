@@ -7,12 +7,15 @@ future that resolves with the message's fate: DELIVERED (PUBACK < 0x80, or writt
 (PUBACK >= 0x80, or refused locally), LOST (the connection dropped before the PUBACK: the caller resends).
 
 Inbound (cloud to device): ``Uplink.subscribe(filters, handler)`` keeps filters subscribed at QoS 1 on
-every connection, through a per-connection task ``uplink.subscribe``. With clean start false the broker may
-keep the session: when CONNACK says *session present* the filters this process already had confirmed on
-an earlier connection are not sent again; everything else (first connection of the process, a session the
-broker dropped, a filter added or newly permitted) is subscribed. SUBSCRIBE carries no user properties
-(Event Grid refuses them). Each received PUBLISH is handed to its handler synchronously on the loop; paho
-sends the QoS 1 PUBACK (always success: Event Grid ends the connection on a failure PUBACK) right after
+every connection, through a per-connection task ``uplink.subscribe``. Every filter is subscribed again
+after every CONNACK, *session present* or not: a kept session does not mean kept subscriptions - the
+local broker (mosquitto with our plugin) re-checks a client's subscriptions when its token expires and
+drops them all, then answers the reconnect with session present = 1; Event Grid's documentation does not
+say what a resumed session keeps across a permission change. SUBSCRIBE for a filter the session already
+holds only replaces it, so doing it again costs a few packets per reconnect and never loses one.
+SUBSCRIBE carries no user properties (Event Grid refuses them). Each received PUBLISH is handed to its
+handler synchronously on the loop; paho sends the QoS 1 PUBACK (always success: Event Grid ends the
+connection on a failure PUBACK) right after
 the handler returns, i.e. once the handler has accepted the message into its own bounded queue.
 """
 
@@ -316,10 +319,9 @@ class Uplink:
             log.exception("inbound message could not be handed over; acknowledged and dropped")
 
     async def _keep_subscribed(self, conn: _Connection) -> None:
-        """Per connection: subscribe what is wanted and not yet confirmed in this session."""
-        if not conn.session_present:
-            # A new session holds no subscriptions: everything must be sent again.
-            self._confirmed.clear()
+        """Per connection: subscribe every wanted filter, then new ones as they are added or permitted."""
+        # Even with session present: see the module docstring (a kept session may have lost them).
+        self._confirmed.clear()
         while True:
             self._subs_changed.clear()
             for topic_filter, (_, permitted) in list(self._subscriptions.items()):

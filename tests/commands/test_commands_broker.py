@@ -465,3 +465,46 @@ async def test_a_token_without_the_command_grant_means_no_subscription_and_says_
     warnings = [r.getMessage() for r in caplog.records if "subscribe to" in r.getMessage()]
     assert any("'sites/lab/gw-cmd/plc/commands' not granted by the token" in w for w in warnings), warnings
     assert not [line for line in broker.log_lines()[since:] if f"SUBSCRIBE from {GATEWAY}" in line]
+
+
+@pytest.mark.parametrize("session_expiry", [3600, 0])
+async def test_command_subscriptions_survive_a_reconnect(
+    session_expiry: int, broker: LocalBroker, slaves: Slaves, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker ends the connection when the token expires (refresh off here); the gateway reconnects
+    with the token the agent wrote meanwhile and subscribes again, whether the broker kept the session
+    (session present) or not (session_expiry = 0). Commands arrive after the reconnect."""
+    caplog.set_level(logging.INFO, logger="fieldgate")
+    token_file = tmp_path / "token.jwt"
+    token_file.write_text(
+        mint_token(
+            broker.private_key_path,
+            sub=GATEWAY,
+            iss=broker.issuer,
+            aud=broker.audience,
+            lifetime=3,
+            publish_topics=[f"sites/{SITE}/{GATEWAY}/#", "replies/#"],
+            subscribe_topics=[COMMANDS],
+        )
+    )
+    path = tmp_path / "fieldgate.toml"
+    text = gateway_config(broker, slaves.modem.client_path, token_file).replace(
+        "tls = false\n",
+        f"tls = false\nsession_expiry = {session_expiry}\n[uplink.refresh]\nenabled = false\n"
+        "[uplink.reconnect]\ninitial = 0.1\nmax = 0.5\n",
+        1,
+    )
+    path.write_text(text)
+    async with running_gateway(load_config(path)) as run, operator(broker) as op:
+        sink = run.gateway.sink
+        await wait_until(lambda: sink.stats.subscribed == 3, 15, "command topics subscribed")  # type: ignore[attr-defined]
+        write_token(broker, token_file, subscribe=[COMMANDS])  # the agent's next token, 10 minutes
+        await wait_until(lambda: sink.stats.connects == 2, 15, "the reconnect after the token expired")  # type: ignore[attr-defined]
+        reply = await op.call("plc", {"read": {"points": ["setpoint"]}})
+        assert reply["status"] == "done", reply
+    connected = [r.getMessage() for r in caplog.records if "uplink connected" in r.getMessage()]
+    subscribed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("subscribed to")]
+    assert ("session resumed" if session_expiry else "session new") in connected[1], connected
+    # Subscribed again either way: this broker drops an expired client's subscriptions yet resumes its
+    # session (see gateway/uplink/session.py).
+    assert len(subscribed) == 6, subscribed
