@@ -15,8 +15,8 @@ say what a resumed session keeps across a permission change. SUBSCRIBE for a fil
 holds only replaces it, so doing it again costs a few packets per reconnect and never loses one.
 SUBSCRIBE carries no user properties (Event Grid refuses them). Each received PUBLISH is handed to its
 handler synchronously on the loop; paho sends the QoS 1 PUBACK (always success: Event Grid ends the
-connection on a failure PUBACK) right after
-the handler returns, i.e. once the handler has accepted the message into its own bounded queue.
+connection on a failure PUBACK) right after the handler returns, i.e. once the handler has accepted the
+message into its own bounded queue.
 """
 
 from __future__ import annotations
