@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from gateway.app import Gateway
 from gateway.cli import main
 from gateway.commands import CommandService
 from gateway.config import Config, load_config
+from gateway.status import Snapshot, format_status, take_snapshot
 from gateway.uplink.factory import make_uplink
 from gateway.uplink.mqtt_auth import new_properties, paho_logger
 from tests.modbus.conftest import sim
@@ -350,6 +352,12 @@ async def test_an_operator_writes_a_setpoint_on_a_shared_bus_and_gets_done_with_
             assert during[d] == pytest.approx(before[d], rel=0.10), (before, during)
         assert slaves.writes.get(3) == 1 + len(values)
         assert run.bus.stats()["queue_full"] == 0
+        # fieldgate status and the metrics show the command counters.
+        snapshot = take_snapshot(run.gateway, state="running")
+        assert snapshot.commands["done"] == 1 + 2 * len(values) and snapshot.commands["refused"] == 0
+        shown = io.StringIO()
+        format_status(Snapshot.from_json(snapshot.to_json()), time.time(), shown)
+        assert f"commands: received {1 + 2 * len(values)}, done {1 + 2 * len(values)}" in shown.getvalue()
 
     logged = [r.getMessage() for r in caplog.records if r.name == "fieldgate.commands"]
     assert any(
