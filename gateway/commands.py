@@ -535,6 +535,14 @@ class CommandService:
             return Outcome("failed", "timeout", detail)
         except DriverError as exc:
             return Outcome("failed", "device-error", exc.detail)
+        except KeyError as exc:  # a driver that predates CommandRefused
+            return Outcome("refused", "unknown-point", str(exc.args[0]) if exc.args else "unknown")
+        except ValueError as exc:
+            return Outcome("refused", "invalid-value", str(exc))
+        except Exception:
+            # A driver bug must not stop this device's commands (nor the gateway): answer and go on.
+            log.exception("%s: command %s failed unexpectedly", job.device, cmd.describe())
+            return Outcome("failed", "internal-error", "the driver failed unexpectedly (see the gateway log)")
 
     def _finish(
         self,
@@ -592,7 +600,11 @@ class CommandService:
                 self._response_ready.clear()
                 await self._response_ready.wait()
             response = self._responses.popleft()
-            await self._send(response)
+            try:
+                await self._send(response)
+            except Exception:
+                self.counters.responses_dropped += 1
+                log.exception("response to %r could not be sent", response.topic)
 
     async def _send(self, response: _Response) -> None:
         for _attempt in range(RESPONSE_ATTEMPTS):
