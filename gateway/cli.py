@@ -112,6 +112,17 @@ def summarise(config: Config, out: TextIO) -> None:
             unit = f" [{point.unit}]" if point.unit else ""
             topic = "" if route.batch else f" -> {router.topic(route, point.name)}"
             out.write(f"    - {point.name}{unit}{topic}\n")
+    if config.commands is not None:
+        from gateway.permission_check import command_subscriptions
+
+        subscriptions = command_subscriptions(config)
+        c = config.commands
+        out.write(
+            f"commands: {len(subscriptions)} device{'s' if len(subscriptions) != 1 else ''} "
+            f"(timeout {c.timeout:g} s, queue {c.queue}, payload <= {c.max_payload} bytes)\n"
+        )
+        for item in subscriptions:
+            out.write(f"  {item.label.removeprefix('commands for device ')}: {item.topic}\n")
     if config.uplink is None:
         out.write("no [uplink]: only `fieldgate run --dry-run` can run this config\n")
 
