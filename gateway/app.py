@@ -15,9 +15,10 @@ import signal
 import time
 from dataclasses import dataclass
 
+from gateway.commands import CommandService
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
-from gateway.model import Driver
+from gateway.model import CommandTransport, Driver
 from gateway.pipeline import (
     MessageSink,
     PumpCounters,
@@ -58,6 +59,19 @@ class Gateway:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._ready = asyncio.Event()
+        #: Cloud-to-device commands ([commands]), when the sink can subscribe (not with --dry-run).
+        self.commands: CommandService | None = None
+        if config.commands is not None:
+            if isinstance(sink, CommandTransport):
+                self.commands = CommandService(
+                    config.commands,
+                    gateway_id=config.gateway.id,
+                    site=config.gateway.site,
+                    devices=config.devices,
+                    transport=sink,
+                )
+            else:
+                log.warning("[commands] ignored: %s cannot subscribe (no uplink)", type(sink).__name__)
 
     # -- control -----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -101,6 +115,8 @@ class Gateway:
                     pump_forever(self.store, self.sink, self.pump_counters), name="store.pump"
                 )
                 helpers = [tg.create_task(self._reload_loop(), name="config.reload")]
+                if self.commands is not None:
+                    helpers.append(tg.create_task(self.commands.run(), name="commands"))
                 if self.config.gateway.stats_interval > 0:
                     helpers.append(tg.create_task(self._stats_loop(), name="stats"))
                 self._start_drivers(self.config)
@@ -148,10 +164,14 @@ class Gateway:
                     continue
                 task = self._tg.create_task(self._supervise(driver), name=driver.name)
                 self._drivers[driver.name] = _Running(driver, task)
+                if self.commands is not None:
+                    self.commands.attach(driver)
 
     async def _stop_drivers(self, names: list[str]) -> None:
         running = [self._drivers.pop(name) for name in names if name in self._drivers]
         for entry in running:
+            if self.commands is not None:
+                self.commands.detach(entry.driver)
             entry.task.cancel()
         if running:
             await asyncio.wait([entry.task for entry in running])
@@ -196,7 +216,7 @@ class Gateway:
             log.error("new config refused, keeping the running one:\n%s", "\n".join(exc.problems))
             return False
         old = self.config
-        for what in ("gateway", "uplink", "store", "metrics"):
+        for what in ("gateway", "uplink", "store", "metrics", "commands"):
             if getattr(new, what) != getattr(old, what):
                 log.warning("[%s] changed: it takes effect at the next restart, not on reload", what)
         new = Config(
@@ -208,6 +228,7 @@ class Gateway:
             drivers=new.drivers,
             routes=new.routes,
             metrics=old.metrics,
+            commands=old.commands,
         )
         wanted = {d.name: d for setup in new.drivers for d in setup.plugin.build(setup.config)}
         changed = [
@@ -226,6 +247,8 @@ class Gateway:
                 task = self._tg.create_task(self._supervise(driver), name=name)
                 self._drivers[name] = _Running(driver, task)
                 started.append(name)
+                if self.commands is not None:
+                    self.commands.attach(driver)
         self.reloads += 1
         log.info(
             "config reloaded: %d drivers stopped, %d started, %d unchanged",
@@ -272,6 +295,8 @@ class Gateway:
                 f"uplink {state}, connects {uplink.connects}, refreshes {uplink.refreshes_ok} ok"
                 f" / {uplink.refreshes_failed} failed{expires}, not granted {uplink.permission_denials}"
             )
+        if self.commands is not None:
+            parts.append(self.commands.stats_text())
         errors = {name: c.bad for name, c in sorted(self.readings.devices.items()) if c.bad}
         parts.append("errors: " + (", ".join(f"{k}={v}" for k, v in errors.items()) if errors else "none"))
         return ", ".join(parts)

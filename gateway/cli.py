@@ -112,6 +112,17 @@ def summarise(config: Config, out: TextIO) -> None:
             unit = f" [{point.unit}]" if point.unit else ""
             topic = "" if route.batch else f" -> {router.topic(route, point.name)}"
             out.write(f"    - {point.name}{unit}{topic}\n")
+    if config.commands is not None:
+        from gateway.permission_check import command_subscriptions
+
+        subscriptions = command_subscriptions(config)
+        c = config.commands
+        out.write(
+            f"commands: {len(subscriptions)} device{'s' if len(subscriptions) != 1 else ''} "
+            f"(timeout {c.timeout:g} s, queue {c.queue}, payload <= {c.max_payload} bytes)\n"
+        )
+        for item in subscriptions:
+            out.write(f"  {item.label.removeprefix('commands for device ')}: {item.topic}\n")
     if config.uplink is None:
         out.write("no [uplink]: only `fieldgate run --dry-run` can run this config\n")
 
@@ -131,7 +142,12 @@ def check_permissions(config: Config, out: TextIO, *, offline: bool) -> int:
     from gateway.auth import make_token_source
     from gateway.config.uplink import UplinkConfig
     from gateway.errors import TokenError
-    from gateway.permission_check import device_topics, report_lines, token_available_offline
+    from gateway.permission_check import (
+        command_subscriptions,
+        device_topics,
+        report_lines,
+        token_available_offline,
+    )
 
     uplink = config.uplink
     if not isinstance(uplink, UplinkConfig) or uplink.permissions is None:
@@ -151,7 +167,7 @@ def check_permissions(config: Config, out: TextIO, *, offline: bool) -> int:
     except TokenError as exc:
         out.write(f"permissions: not checked: no token from {source.description}: {exc}\n")
         return 0
-    lines, denied = report_lines(uplink, token, device_topics(config))
+    lines, denied = report_lines(uplink, token, device_topics(config), command_subscriptions(config))
     out.write("\n".join(lines) + "\n")
     return 3 if denied else 0
 
@@ -160,7 +176,7 @@ def check_permissions(config: Config, out: TextIO, *, offline: bool) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     from gateway.auth import Token, token_report
     from gateway.config.uplink import UplinkConfig
-    from gateway.permission_check import device_topics, report_lines
+    from gateway.permission_check import command_subscriptions, device_topics, report_lines
 
     try:
         config = load_config(args.config)
@@ -175,7 +191,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     def permissions(token: Token) -> list[str]:
         nonlocal denied
-        lines, denied = report_lines(uplink, token, device_topics(config))
+        lines, denied = report_lines(uplink, token, device_topics(config), command_subscriptions(config))
         return lines
 
     setup_logging("warning", "text")

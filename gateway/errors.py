@@ -10,6 +10,9 @@
     │   ├── DeviceTimeout           no answer within the timeout
     │   ├── DeviceProtocolError     bad frame, CRC error, short answer
     │   └── DeviceRefused           the device answered with an exception / refusal
+    ├── CommandRefused              a command was refused before reaching the device (``code`` says why)
+    │   ├── UnknownTarget           unknown device, point or command (also a KeyError)
+    │   └── ValueRefused            not writable, out of range, wrong type (also a ValueError)
     ├── TokenError                  a token could not be obtained or is unusable
     └── UplinkError                 the MQTT session failed
         ├── ConnectRefused          CONNACK with a failure reason code
@@ -66,6 +69,30 @@ class DeviceProtocolError(DriverError):
 
 class DeviceRefused(DriverError):
     """The device answered with a refusal (e.g. a Modbus exception response)."""
+
+
+class CommandRefused(FieldgateError):
+    """A command was refused before anything was sent to the device.
+
+    ``code`` is one word for machines (``not-writable``, ``out-of-range``, ``invalid-value``,
+    ``unknown-device``, ``unknown-point``, ``unknown-command``, ``not-supported``); ``detail`` says why.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(detail)
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+class UnknownTarget(CommandRefused, KeyError):
+    """Unknown device, point or command. Also a KeyError, for callers that predate commands."""
+
+
+class ValueRefused(CommandRefused, ValueError):
+    """The value may not be written (not writable, out of range, wrong type). Also a ValueError."""
 
 
 class TokenError(FieldgateError):

@@ -115,6 +115,16 @@ class SnapshotCollector:
             "fieldgate_store_dropped", "Messages dropped by the store's overflow policy", p.store_dropped
         )
 
+        if snap.commands:
+            commands = CounterMetricFamily(
+                "fieldgate_commands",
+                "Cloud-to-device commands by what became of them (done, refused, failed, duplicates, ...)",
+                labels=["outcome"],
+            )
+            for outcome, value in sorted(snap.commands.items()):
+                commands.add_metric([outcome], value)
+            yield commands
+
         u = snap.uplink
         yield gauge("fieldgate_uplink_connected", "1 while the MQTT session is up", bool(u.connected))
         if u.connected and u.connected_since is not None:

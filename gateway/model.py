@@ -8,7 +8,7 @@ so a protocol can be added by installing a package that names its plugin in the 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -173,6 +173,77 @@ class DriverPlugin(Protocol):
 
     def build(self, config: DriverConfig) -> Sequence[Driver]:
         """Create the drivers for a parsed configuration (no I/O here: ``run`` does it)."""
+        ...
+
+
+# -- cloud to device -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One PUBLISH the uplink received on a subscription, with the MQTT v5 properties commands need."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    #: The broker redelivers (QoS 1 DUP flag): the same message may have arrived before.
+    dup: bool = False
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    #: Message Expiry Interval as the broker forwarded it (what is left of it), seconds; None: never.
+    message_expiry: int | None = None
+    #: ``time.monotonic()`` at arrival, so expiry is measured from when the gateway got it.
+    received_at: float = 0.0
+
+
+#: Called on the event loop for each inbound message; must not block and must not raise. For QoS 1 the
+#: acknowledgement (always a success PUBACK) goes out when it returns: accept the message into a queue.
+InboundHandler = Callable[[InboundMessage], None]
+
+
+@runtime_checkable
+class CommandTransport(Protocol):
+    """What commands need of the uplink (or of the permission gate in front of it)."""
+
+    def subscribe(self, filters: Sequence[str], handler: InboundHandler) -> None:
+        """Keep ``filters`` subscribed (QoS 1) on every connection from now on; deliver to ``handler``."""
+        ...
+
+    async def respond(self, topic: str, payload: bytes, correlation_data: bytes | None) -> PublishResult:
+        """Publish a response (QoS 1) with the request's Correlation Data; waits for the outcome."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReply:
+    """What a device gave back for a command: readings (the value read back, the points read) and, for a
+    named serial command, the reply as text."""
+
+    readings: tuple[Reading, ...] = ()
+    reply: str | None = None
+
+
+@runtime_checkable
+class Commandable(Protocol):
+    """Optional for a driver: it takes commands for its devices (through its own bus queue).
+
+    Refusals (nothing was sent to the device) raise :class:`gateway.errors.CommandRefused`; device
+    faults raise :class:`gateway.errors.DriverError`. The caller applies its own timeout.
+    """
+
+    @property
+    def command_devices(self) -> tuple[str, ...]:
+        """The devices this driver takes commands for."""
+        ...
+
+    async def write_point(self, device: str, point: str, value: Value) -> Reading:
+        """Write a writable point (checked against its limits, encoded by the driver) and read it back."""
+        ...
+
+    async def read_points(self, device: str, points: Sequence[str]) -> list[Reading]:
+        """Read these points now (all of the device's points when empty)."""
+        ...
+
+    async def send_command(self, device: str, command: str) -> CommandReply:
+        """Send a named command of the device's config and return its parsed reply."""
         ...
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from gateway.auth.token import Token
 from gateway.config import Config
 from gateway.config.uplink import AzureTokenConfig, OAuth2TokenConfig, UplinkConfig, fill_template
+from gateway.model import Commandable
 from gateway.permission_gate import ExpectedTopic, PermissionGate
 from gateway.pipeline import MessageSink
 from gateway.router import Router
@@ -47,6 +48,30 @@ def device_topics(config: Config) -> list[ExpectedTopic]:
     return topics
 
 
+def command_subscriptions(config: Config) -> list[ExpectedTopic]:
+    """The command topic filters the gateway will subscribe ([commands]): one per device whose driver
+    takes commands. Builds the drivers to ask them (pure: drivers do no I/O before ``run``)."""
+    cfg = config.commands
+    if cfg is None:
+        return []
+    wanted = set(cfg.devices)
+    infos = {d.name: d for d in config.devices}
+    found: list[ExpectedTopic] = []
+    for setup in config.drivers:
+        for driver in setup.plugin.build(setup.config):
+            if not isinstance(driver, Commandable):
+                continue
+            for name in driver.command_devices:
+                info = infos.get(name)
+                if info is None or (wanted and name not in wanted):
+                    continue
+                topic_filter = cfg.command_filter(
+                    gateway=config.gateway.id, site=config.gateway.site, device=name, driver=info.driver
+                )
+                found.append(ExpectedTopic(f"commands for device {name}", topic_filter))
+    return sorted(found, key=lambda e: e.label)
+
+
 @dataclass(frozen=True, slots=True)
 class TopicCheck:
     label: str
@@ -69,10 +94,27 @@ def check_topics(perms: PermissionSet, topics: Sequence[ExpectedTopic]) -> list[
     return checks
 
 
+def check_subscriptions(perms: PermissionSet, filters: Sequence[ExpectedTopic]) -> list[TopicCheck]:
+    checks = []
+    for item in filters:
+        grant = perms.subscribe_grant(item.topic)
+        if grant is not None:
+            checks.append(TopicCheck(item.label, item.topic, True, f"{grant.rule} (filter {grant.filter})"))
+        else:
+            checks.append(
+                TopicCheck(item.label, item.topic, False, perms.explain_denial("subscribe", item.topic))
+            )
+    return checks
+
+
 def report_lines(
-    uplink: UplinkConfig, token: Token, topics: Sequence[ExpectedTopic]
+    uplink: UplinkConfig,
+    token: Token,
+    topics: Sequence[ExpectedTopic],
+    subscriptions: Sequence[ExpectedTopic] = (),
 ) -> tuple[list[str], int]:
-    """The permission report for ``token``; and how many device topics it does not grant."""
+    """The permission report for ``token``; and how many device topics (published to, or subscribed for
+    commands) it does not grant."""
     cfg = uplink.permissions
     if cfg is None:
         return ["permissions: not checked (no [uplink.permissions] in the config)"], 0
@@ -93,6 +135,19 @@ def report_lines(
         )
     elif checks:
         lines.append("every topic is granted")
+    if subscriptions:
+        subs = check_subscriptions(perms, subscriptions)
+        lines.append("command subscriptions of this gateway:")
+        for check in subs:
+            verdict = "granted" if check.granted else "NOT GRANTED"
+            lines.append(f"  {check.label}: {check.topic}: {verdict}: {check.detail}")
+        not_granted = sum(1 for check in subs if not check.granted)
+        if not_granted:
+            lines.append(
+                f"{not_granted} command subscription{'s' if not_granted != 1 else ''} NOT GRANTED: "
+                "not attempted, commands to those devices will not arrive"
+            )
+        denied += not_granted
     return lines, denied
 
 

@@ -21,11 +21,11 @@ import dataclasses
 import functools
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from gateway.model import Message, PublishOutcome, PublishResult
+from gateway.model import CommandTransport, InboundHandler, Message, PublishOutcome, PublishResult
 from gateway.pipeline import MessageSink
 
 log = logging.getLogger("fieldgate.permissions")
@@ -51,6 +51,27 @@ class TopicPermissions(Protocol):
     def publish_rule(self, topic: str) -> str | None: ...
 
     def add_listener(self, callback: Callable[[], None]) -> None: ...
+
+    def check_subscribe(self, requested: str) -> bool | None:
+        """Whether the token grants subscribing to a filter (None: no token yet); logs a refusal once."""
+        ...
+
+
+@runtime_checkable
+class GatedSubscriber(Protocol):
+    """An uplink that asks a permission check before each SUBSCRIBE (gateway.uplink.session.Uplink)."""
+
+    def subscribe(
+        self,
+        filters: Sequence[str],
+        handler: InboundHandler,
+        *,
+        permitted: Callable[[str], bool | None] | None = None,
+    ) -> None: ...
+
+    def recheck_subscriptions(self) -> None: ...
+
+    async def respond(self, topic: str, payload: bytes, correlation_data: bytes | None) -> PublishResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +111,8 @@ class PermissionGate:
         #: Messages not sent because their topic was not granted, per topic (dropped or held).
         self.denied: Counter[str] = Counter()
         self.dropped = 0
+        #: Command responses not sent because their response topic is not granted.
+        self.responses_denied = 0
         #: Held messages later sent because a refreshed token granted their topic.
         self.released = 0
         self._held: deque[_Held] = deque()
@@ -125,6 +148,32 @@ class PermissionGate:
             f"not granted {sum(self.denied.values())} ({len(self.denied)} topics), dropped {self.dropped}, "
             f"held {self.held}, released {self.released}"
         )
+
+    # -- CommandTransport: subscriptions and responses meet the same grants ---------------------------
+    def subscribe(self, filters: Sequence[str], handler: InboundHandler) -> None:
+        """Subscribe through the uplink, which asks the token's grants before each attempt."""
+        inner = self._inner
+        if not isinstance(inner, GatedSubscriber):
+            raise TypeError(f"{type(inner).__name__} cannot subscribe")
+        inner.subscribe(filters, handler, permitted=self._permissions.check_subscribe)
+
+    async def respond(self, topic: str, payload: bytes, correlation_data: bytes | None) -> PublishResult:
+        """Publish a response if the token grants its topic; else log once and refuse it here."""
+        inner = self._inner
+        if not isinstance(inner, CommandTransport):
+            raise TypeError(f"{type(inner).__name__} cannot publish responses")
+        verdict = self._permissions.publish_verdict(topic)
+        while verdict is None:
+            await self._known.wait()
+            verdict = self._permissions.publish_verdict(topic)
+        if not verdict:
+            # Counted apart from self.denied: requesters choose response topics, a Counter per topic
+            # would grow with them.
+            self.responses_denied += 1
+            self._tell_denied(Message(topic, payload), "response dropped")
+            why = "response topic not granted by the token's permissions (dropped before sending)"
+            return PublishResult(PublishOutcome.REFUSED, None, why)
+        return await inner.respond(topic, payload, correlation_data)
 
     # -- MessageSink ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -212,6 +261,9 @@ class PermissionGate:
 
     def _on_change(self) -> None:
         self.report_expected()
+        if isinstance(self._inner, GatedSubscriber):
+            # A refreshed token may grant command filters the previous one did not.
+            self._inner.recheck_subscriptions()
         for topic in list(self._told):
             if self._permissions.publish_verdict(topic):
                 # A state change: a later denial of this topic is news again.

@@ -101,6 +101,8 @@ class Snapshot:
     devices: dict[str, DeviceStatus] = field(default_factory=dict)
     #: Why the watchdog holds back its pings (empty when the pipeline is alive).
     stuck: tuple[str, ...] = ()
+    #: Cloud-to-device command counters (``CommandCounters``), empty without ``[commands]``.
+    commands: dict[str, int] = field(default_factory=dict)
     interval: float = STATUS_INTERVAL
     version: int = FORMAT_VERSION
 
@@ -236,6 +238,7 @@ def take_snapshot(
         ),
         devices=devices,
         stuck=stuck,
+        commands=asdict(gateway.commands.counters) if gateway.commands is not None else {},
     )
 
 
@@ -314,6 +317,15 @@ def format_status(snap: Snapshot, now: float, out: TextIO) -> None:
         f"  reading queue {p.reading_queue}/{p.reading_queue_max} (dropped {p.reading_queue_dropped}), "
         f"store {p.store_depth}/{p.store_max} (in flight {p.store_in_flight}, dropped {p.store_dropped})\n"
     )
+    if snap.commands:
+        c = snap.commands
+        out.write(
+            "commands: "
+            + ", ".join(f"{k} {c[k]}" for k in ("received", "done", "refused", "failed"))
+            + "; "
+            + ", ".join(f"{k} {c[k]}" for k in ("duplicates", "expired", "busy", "malformed") if k in c)
+            + "\n"
+        )
     out.write(f"devices ({len(snap.devices)}):\n")
     for name, d in snap.devices.items():
         last = (

@@ -694,30 +694,55 @@ def _link_id(link: SerialBus | TcpEndpoint) -> str:
     return f"{link.key}/{link.framer}"
 
 
+#: The largest finite float32 (struct refuses to pack anything beyond it).
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def check_write(point: Point, value: Value) -> str | None:
     """Why ``value`` may not be written to ``point``, or None when it may."""
+    refusal = write_refusal(point, value)
+    return None if refusal is None else refusal[1]
+
+
+def write_refusal(point: Point, value: Value) -> tuple[str, str] | None:
+    """Why ``value`` may not be written to ``point`` as (code, text), or None when it may.
+
+    Codes: ``not-writable``, ``invalid-value`` (wrong type, too long), ``out-of-range`` (min/max, allowed
+    values, does not fit the registers).
+    """
     if not point.writable:
-        return "the point is not writable (writable = true in its config)"
+        return "not-writable", "the point is not writable (writable = true in its config)"
     if point.dtype is DataType.BOOL:
         if not isinstance(value, bool):
-            return f"expected true or false, got {value!r}"
+            return "invalid-value", f"expected true or false, got {value!r}"
     elif point.dtype is DataType.STRING:
         if not isinstance(value, str):
-            return f"expected a string, got {value!r}"
+            return "invalid-value", f"expected a string, got {value!r}"
         if len(value) > point.length:
-            return f"longer than the point's {point.length} characters"
+            return "out-of-range", f"longer than the point's {point.length} characters"
     else:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"expected a number, got {value!r}"
+            return "invalid-value", f"expected a number, got {value!r}"
         if point.minimum is not None and value < point.minimum:
-            return f"{value!r} is below the point's minimum {point.minimum:g}"
+            return "out-of-range", f"{value!r} is below the point's minimum {point.minimum:g}"
         if point.maximum is not None and value > point.maximum:
-            return f"{value!r} is above the point's maximum {point.maximum:g}"
+            return "out-of-range", f"{value!r} is above the point's maximum {point.maximum:g}"
         if point.dtype.is_integer:
-            raw = (float(value) - point.offset) / point.scale
+            try:
+                raw = (float(value) - point.offset) / point.scale
+            except OverflowError:
+                raw = math.inf
             low, high = integer_range(point.dtype)
             if not math.isfinite(raw) or not low <= round(raw) <= high:
-                return f"{value!r} does not fit the point's {point.dtype.value} register(s)"
+                return "out-of-range", f"{value!r} does not fit the point's {point.dtype.value} register(s)"
+        else:
+            try:
+                raw = (float(value) - point.offset) / point.scale
+            except OverflowError:
+                raw = math.inf
+            limit = _FLOAT32_MAX if point.dtype is DataType.FLOAT32 else math.inf
+            if not math.isfinite(raw) or abs(raw) > limit:
+                return "out-of-range", f"{value!r} does not fit the point's {point.dtype.value} register(s)"
     if point.allowed and value not in point.allowed:
-        return f"{value!r} is not one of the allowed values {list(point.allowed)!r}"
+        return "out-of-range", f"{value!r} is not one of the allowed values {list(point.allowed)!r}"
     return None

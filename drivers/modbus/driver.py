@@ -25,12 +25,21 @@ from drivers.modbus.config import (
     Point,
     RegisterTable,
     SerialBus,
-    check_write,
+    write_refusal,
 )
 from drivers.modbus.link import Link, LinkStats, Op, SerialLink, TcpLink, quiet_pymodbus
 from drivers.modbus.plan import DevicePlan, PollGroup, ReadRequest, compile_plan
-from gateway.errors import DeviceProtocolError, DeviceRefused, DeviceTimeout, DeviceUnavailable, DriverError
-from gateway.model import Quality, Reading, ReadingSink, Value
+from gateway.errors import (
+    CommandRefused,
+    DeviceProtocolError,
+    DeviceRefused,
+    DeviceTimeout,
+    DeviceUnavailable,
+    DriverError,
+    UnknownTarget,
+    ValueRefused,
+)
+from gateway.model import CommandReply, Quality, Reading, ReadingSink, Value
 
 log = logging.getLogger("fieldgate.modbus")
 
@@ -88,6 +97,11 @@ class ModbusLinkDriver:
 
     @property
     def device_names(self) -> tuple[str, ...]:
+        return tuple(self._states)
+
+    @property
+    def command_devices(self) -> tuple[str, ...]:
+        """``gateway.model.Commandable``: every device on this link takes commands."""
         return tuple(self._states)
 
     def state(self, device: str) -> DeviceState:
@@ -318,25 +332,83 @@ class ModbusLinkDriver:
             out.append(r)
         return out
 
+    # -- commands ----------------------------------------------------------------------------------
+    def _state(self, device: str) -> DeviceState:
+        st = self._states.get(device)
+        if st is None:
+            raise UnknownTarget("unknown-device", f"no modbus device {device!r} on {self.name}")
+        return st
+
+    def _running_link(self, device: str) -> Link:
+        link = self._link
+        if link is None:
+            raise DeviceUnavailable(device, f"{self.name} is not running")
+        return link
+
+    async def read_points(self, device: str, points: Sequence[str]) -> list[Reading]:
+        """Read ``points`` (all when empty) now, through the link's queue, with the plan's requests.
+
+        Raises ``UnknownTarget`` for an unknown device or point; a request that fails gives BAD readings
+        for its points (as a poll would), and a device that does not answer at all raises its error.
+        """
+        st = self._state(device)
+        wanted = set(points) if points else set(st.by_name)
+        unknown = sorted(wanted - set(st.by_name))
+        if unknown:
+            raise UnknownTarget("unknown-point", f"device {device!r} has no point {unknown[0]!r}")
+        link = self._running_link(device)
+        dev = st.device
+        by_point: dict[str, Reading] = {}
+        failures: list[DriverError] = []
+        for req in st.plan.requests:
+            if not wanted.intersection(p.name for p in req.points):
+                continue
+            try:
+                values = await self._read_with_retries(link, dev, req)
+            except DriverError as exc:
+                failures.append(exc)
+                for r in _bad(dev, [p for p in req.points if p.name in wanted], _short(exc)):
+                    by_point[r.point] = r
+                continue
+            ts = time.time()
+            for p in req.points:
+                if p.name not in wanted:
+                    continue
+                try:
+                    value = decode_point(p, values, p.address - req.address)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    by_point[p.name] = Reading(dev.name, p.name, None, p.unit, ts, Quality.BAD, str(exc))
+                else:
+                    by_point[p.name] = Reading(dev.name, p.name, value, p.unit, ts)
+        if failures and len(failures) == sum(
+            1 for req in st.plan.requests if wanted.intersection(p.name for p in req.points)
+        ):
+            raise failures[0]
+        return [by_point[p.name] for p in dev.points if p.name in by_point]
+
+    async def send_command(self, device: str, command: str) -> CommandReply:
+        """Modbus devices have no named commands (write a point instead)."""
+        self._state(device)
+        raise CommandRefused(
+            "not-supported", f"modbus device {device!r} has no named commands (write a writable point)"
+        )
+
     # -- writes ------------------------------------------------------------------------------------
     async def write_point(self, device: str, point: str, value: Value) -> Reading:
         """Write ``value`` to a writable point through the link's queue, then read it back.
 
-        Raises KeyError (unknown device/point), ValueError (not writable, out of range, wrong type)
-        or a ``DriverError`` from the device (refused, timeout, unavailable).
+        Raises ``UnknownTarget`` (a KeyError: unknown device/point), ``ValueRefused`` (a ValueError: not
+        writable, out of range, wrong type) or a ``DriverError`` from the device (refused, timeout,
+        unavailable).
         """
-        st = self._states.get(device)
-        if st is None:
-            raise KeyError(f"no modbus device {device!r} on {self.name}")
-        p = next((q for q in st.device.points if q.name == point), None)
+        st = self._state(device)
+        p = st.by_name.get(point)
         if p is None:
-            raise KeyError(f"device {device!r} has no point {point!r}")
-        why = check_write(p, value)
+            raise UnknownTarget("unknown-point", f"device {device!r} has no point {point!r}")
+        why = write_refusal(p, value)
         if why is not None:
-            raise ValueError(f"{device}.{point}: {why}")
-        link = self._link
-        if link is None:
-            raise DeviceUnavailable(device, f"{self.name} is not running")
+            raise ValueRefused(why[0], f"{device}.{point}: {why[1]}")
+        link = self._running_link(device)
         dev = st.device
         if p.table is RegisterTable.COIL:
             op = Op(5, p.address, 1, (bool(value),))

@@ -178,15 +178,20 @@ class PointSpec:
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
-    """A request sent every ``interval`` seconds (polled mode); its reply is framed and parsed into points."""
+    """A request sent every ``interval`` seconds (polled mode); its reply is framed and parsed into points.
+
+    With ``poll = false`` it is sent only when asked (a cloud command such as ``tare``); its points and
+    parser are then optional and its reply is returned to the asker as text.
+    """
 
     name: str
     send: bytes
     interval: float
     timeout: float
     framing: FramingSpec
-    parser: ParserSpec
+    parser: ParserSpec | None
     points: tuple[PointSpec, ...]
+    poll: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,17 +545,23 @@ def parse_device(
             device.consume("points")
         for cname, ct in device.named_entries("commands", what="command"):
             send = read_bytes(ct, "send")
+            poll = ct.boolean("poll", True)
+            if not poll and ct.has("interval"):
+                ct.problem("interval", "a command with poll = false is sent only on request")
             interval = ct.number("interval", 1.0, positive=True, maximum=86400)
             timeout = ct.number("timeout", 1.0, positive=True, maximum=60)
             cframing = parse_framing(ct.table("framing"), framing)
             ctable = ct.table("parser")
             cparser = parse_parser(ctable, ct, "parser", parser) if ctable is not None else parser
-            if cparser is None:
+            has_points = bool(ct.data.get("points"))
+            if cparser is None and (poll or has_points):
                 ct.problem("parser", "is required here or on the device")
-            cpoints = parse_points(ct, cparser, required=True)
+            cpoints = parse_points(ct, cparser, required=poll)
             ct.finish()
+            if poll and cparser is None:
+                cparser = NmeaParser()  # reported above; keeps the spec well-typed
             commands.append(
-                CommandSpec(cname, send, interval, timeout, cframing, cparser or NmeaParser(), cpoints)
+                CommandSpec(cname, send, interval, timeout, cframing, cparser, cpoints, poll=poll)
             )
         if not device.data.get("commands"):  # missing or empty; a wrong type is reported already
             device.problem(

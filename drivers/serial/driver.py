@@ -15,22 +15,36 @@ import logging
 import os
 import termios
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import serial
 from serial.rs485 import RS485Settings
 
-from drivers.serial.config import CommandSpec, DeviceSpec, PortSpec
+from drivers.serial.config import CommandSpec, DeviceSpec, LineFraming, ParserSpec, PortSpec
 from drivers.serial.framing import Counters, Frame, Framer, build_framer
 from drivers.serial.parsers import FramePlan, Rejected, build_plan
-from gateway.errors import DeviceTimeout, DeviceUnavailable
-from gateway.model import Reading, ReadingSink
+from gateway.errors import CommandRefused, DeviceTimeout, DeviceUnavailable, UnknownTarget
+from gateway.model import CommandReply, Reading, ReadingSink, Value
 
 log = logging.getLogger("fieldgate.serial")
 
 FrameObserver = Callable[[Frame], None]
 _READ_SIZE = 4096
+#: Commands asked for from outside and waiting for the port; beyond it they are refused (unavailable).
+MAX_REQUESTS = 8
+#: A reply returned as text is cut to this many characters.
+MAX_REPLY_TEXT = 1024
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    command: CommandSpec
+    framer: Framer
+    plan: FramePlan | None
+    future: asyncio.Future[CommandReply]
 
 
 def _reason(exc: BaseException) -> str:
@@ -145,6 +159,10 @@ class SerialDriver:
         #: When the open/retry or poll loop last came round (``gateway.model.Heartbeat``); None while
         #: streaming, where reads are driven by the event loop itself and quiet is legitimate.
         self._progress: float | None = None
+        self._requests: deque[_Request] = deque()
+        self._serving = False
+        # Resolved to wake the poll loop when a request comes in; replaced at each wait.
+        self._wakeup: asyncio.Future[None] | None = None
 
     @property
     def name(self) -> str:
@@ -323,10 +341,11 @@ class SerialDriver:
         plans: list[tuple[CommandSpec, Framer, FramePlan]] = [
             (
                 cmd,
-                build_framer(cmd.framing, self._counters),
+                self._framer(cmd),
                 build_plan(self.spec.name, cmd.parser, cmd.points, self._counters, missing_is_bad=True),
             )
             for cmd in self.spec.commands
+            if cmd.poll and cmd.parser is not None
         ]
         due = [loop.time()] * len(plans)
         waiting: list[tuple[Framer, asyncio.Future[Frame]]] = []
@@ -341,38 +360,171 @@ class SerialDriver:
                     reply.set_result(frame)
 
         link = _Link(self.name, port, on_data)
+        self._serving = True
         try:
             while True:
                 self._progress = time.monotonic()
+                if self._requests:
+                    # Commands asked for from outside go between polls, one exchange at a time.
+                    request = self._requests.popleft()
+                    if not request.future.done():  # the asker may have given up (timeout)
+                        reply = await self._exchange(port, link, waiting, request.command, request.framer)
+                        self._settle(request, reply, emit)
+                    continue
+                if not plans:
+                    # Nothing to poll: waiting for a request is legitimate quiet, not a hung loop.
+                    self._progress = None
+                    self._wakeup = loop.create_future()
+                    await asyncio.wait(_either(link.lost, self._wakeup), return_when=asyncio.FIRST_COMPLETED)
+                    link.check()
+                    continue
                 index = min(range(len(plans)), key=due.__getitem__)
                 cmd, framer, plan = plans[index]
                 delay = due[index] - loop.time()
                 if delay > 0:
-                    await asyncio.wait({link.lost}, timeout=delay)
-                link.check()
-                # tcflush is one ioctl that does not wait: fine on the loop. It drops a late answer to
-                # the previous command so it cannot pass for this one's.
-                try:
-                    port.reset_input_buffer()
-                except (OSError, termios.error, serial.SerialException) as exc:
-                    raise DeviceUnavailable(self.name, f"{port.port}: {_reason(exc)}") from exc
-                framer.reset()
-                reply: asyncio.Future[Frame] = loop.create_future()
-                waiting.append((framer, reply))
-                try:
-                    await link.write(cmd.send, loop.time() + cmd.timeout)
+                    self._wakeup = loop.create_future()
                     await asyncio.wait(
-                        _either(reply, link.lost), timeout=cmd.timeout, return_when=asyncio.FIRST_COMPLETED
+                        _either(link.lost, self._wakeup), timeout=delay, return_when=asyncio.FIRST_COMPLETED
                     )
-                except DeviceTimeout:
-                    pass
-                finally:
-                    waiting.clear()
-                link.check()
+                    link.check()
+                    continue  # due now, or a request came in: decide again
+                reply = await self._exchange(port, link, waiting, cmd, framer)
                 emit(self._answer(cmd, plan, reply))
                 due[index] = max(due[index] + cmd.interval, loop.time())
         finally:
+            self._serving = False
             link.close()
+            while self._requests:
+                request = self._requests.popleft()
+                if not request.future.done():
+                    request.future.set_exception(DeviceUnavailable(self.spec.name, "the port went away"))
+
+    def _framer(self, cmd: CommandSpec) -> Framer:
+        return build_framer(cmd.framing, self._counters)
+
+    def _plan(self, cmd: CommandSpec, parser: ParserSpec | None) -> FramePlan | None:
+        if parser is None:
+            return None
+        return build_plan(self.spec.name, parser, cmd.points, self._counters, missing_is_bad=True)
+
+    async def _exchange(
+        self,
+        port: serial.Serial,
+        link: _Link,
+        waiting: list[tuple[Framer, asyncio.Future[Frame]]],
+        cmd: CommandSpec,
+        framer: Framer,
+    ) -> asyncio.Future[Frame]:
+        """Send one command and wait for its reply frame (the future is not done when none came)."""
+        loop = asyncio.get_running_loop()
+        link.check()
+        # tcflush is one ioctl that does not wait: fine on the loop. It drops a late answer to
+        # the previous command so it cannot pass for this one's.
+        try:
+            port.reset_input_buffer()
+        except (OSError, termios.error, serial.SerialException) as exc:
+            raise DeviceUnavailable(self.name, f"{port.port}: {_reason(exc)}") from exc
+        framer.reset()
+        reply: asyncio.Future[Frame] = loop.create_future()
+        waiting.append((framer, reply))
+        try:
+            await link.write(cmd.send, loop.time() + cmd.timeout)
+            await asyncio.wait(
+                _either(reply, link.lost), timeout=cmd.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except DeviceTimeout:
+            pass
+        finally:
+            waiting.clear()
+        link.check()
+        return reply
+
+    # -- commands (gateway.model.Commandable) --------------------------------------------------------
+    @property
+    def command_devices(self) -> tuple[str, ...]:
+        """A polled device takes commands (named ones, and reads through its commands)."""
+        return (self.spec.name,) if self.spec.mode == "polled" else ()
+
+    def _check_device(self, device: str) -> None:
+        if device != self.spec.name:
+            raise UnknownTarget("unknown-device", f"{self.name} serves {self.spec.name!r}, not {device!r}")
+        if self.spec.mode != "polled":
+            raise CommandRefused(
+                "not-supported", f"{self.spec.name} streams on its own: it takes no commands"
+            )
+
+    async def send_command(self, device: str, command: str) -> CommandReply:
+        """Send the named command between polls and return its reply (parsed points and text)."""
+        self._check_device(device)
+        cmd = next((c for c in self.spec.commands if c.name == command), None)
+        if cmd is None:
+            names = ", ".join(c.name for c in self.spec.commands)
+            raise UnknownTarget("unknown-command", f"{device} has no command {command!r} (it has: {names})")
+        return await self._request(cmd)
+
+    async def write_point(self, device: str, point: str, value: Value) -> Reading:
+        """Serial points are parsed from what the device sends: there is nothing to write to."""
+        self._check_device(device)
+        raise CommandRefused(
+            "not-supported",
+            f"serial device {device!r} has no writable points (send one of its named commands instead)",
+        )
+
+    async def read_points(self, device: str, points: Sequence[str]) -> list[Reading]:
+        """Read points now by sending the commands whose replies carry them."""
+        self._check_device(device)
+        known = {p.name for c in self.spec.commands for p in c.points}
+        wanted = set(points) if points else known
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise UnknownTarget("unknown-point", f"device {device!r} has no point {unknown[0]!r}")
+        out: list[Reading] = []
+        for cmd in self.spec.commands:
+            if wanted.intersection(p.name for p in cmd.points):
+                reply = await self._request(cmd)
+                out += [r for r in reply.readings if r.point in wanted]
+        return out
+
+    async def _request(self, cmd: CommandSpec) -> CommandReply:
+        if not self._serving:
+            raise DeviceUnavailable(self.spec.name, f"{self.spec.port.path} is not open")
+        if len(self._requests) >= MAX_REQUESTS:
+            raise DeviceUnavailable(self.spec.name, f"{MAX_REQUESTS} commands already wait for the port")
+        request = _Request(
+            cmd, self._framer(cmd), self._plan(cmd, cmd.parser), asyncio.get_running_loop().create_future()
+        )
+        self._requests.append(request)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        return await request.future
+
+    def _settle(self, request: _Request, reply: asyncio.Future[Frame], emit: ReadingSink) -> None:
+        cmd = request.command
+        if not reply.done():
+            reply.cancel()
+            self._counters.timeouts += 1
+            request.future.set_exception(
+                DeviceTimeout(self.spec.name, f"no reply to command {cmd.name!r} within {cmd.timeout:g}s")
+            )
+            return
+        frame = reply.result()
+        self._observe(frame)
+        now = time.time()
+        readings: list[Reading] = []
+        if request.plan is not None:
+            parsed = request.plan.readings(frame.payload, now)
+            readings = (
+                request.plan.all_bad(now, f"{parsed.value} reply") if isinstance(parsed, Rejected) else parsed
+            )
+        if readings:
+            emit(readings)
+        text = (
+            frame.payload.decode("utf-8", "replace")
+            if isinstance(cmd.framing, LineFraming)
+            else frame.payload.hex(" ")
+        )
+        log.info("%s: command %r sent on request, reply %r", self.name, cmd.name, text[:80])
+        request.future.set_result(CommandReply(tuple(readings), text[:MAX_REPLY_TEXT]))
 
     def _answer(self, cmd: CommandSpec, plan: FramePlan, reply: asyncio.Future[Frame]) -> list[Reading]:
         now = time.time()

@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
+from gateway.config.commands import parse_commands
 from gateway.config.model import (
     Config,
     DeviceRoute,
@@ -58,6 +59,7 @@ def parse_config(text: str, source: Path, *, offline: bool = False) -> Config:
     uplink = _uplink(root.table("uplink"), gateway)
     metrics = parse_metrics(root.table_or_empty("metrics"))
     drivers, routes = _devices(root, telemetry)
+    commands = parse_commands(root.table("commands"), {r.device.name for r in routes})
     root.finish()
     problems.raise_if_any()
     return Config(
@@ -69,6 +71,7 @@ def parse_config(text: str, source: Path, *, offline: bool = False) -> Config:
         drivers=drivers,
         routes=routes,
         metrics=metrics,
+        commands=commands,
     )
 
 

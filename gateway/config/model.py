@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.config.commands import CommandsConfig
 from gateway.config.service import MetricsSettings
 from gateway.config.uplink import UplinkConfig
 from gateway.model import DeviceInfo, DriverConfig, DriverPlugin
@@ -71,6 +72,8 @@ class Config:
     drivers: tuple[DriverSetup, ...]
     routes: tuple[DeviceRoute, ...]
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: Parsed ``[commands]``, or None: no command topics are subscribed.
+    commands: CommandsConfig | None = None
 
     @property
     def devices(self) -> tuple[DeviceInfo, ...]:

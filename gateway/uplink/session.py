@@ -5,6 +5,18 @@ One connection at a time (a fresh aiomqtt/paho client per connection, so no stat
 ``Uplink.send`` applies backpressure (waits until connected and a window slot is free) and returns a
 future that resolves with the message's fate: DELIVERED (PUBACK < 0x80, or written for QoS 0), REFUSED
 (PUBACK >= 0x80, or refused locally), LOST (the connection dropped before the PUBACK: the caller resends).
+
+Inbound (cloud to device): ``Uplink.subscribe(filters, handler)`` keeps filters subscribed at QoS 1 on
+every connection, through a per-connection task ``uplink.subscribe``. Every filter is subscribed again
+after every CONNACK, *session present* or not: a kept session does not mean kept subscriptions - the
+local broker (mosquitto with our plugin) re-checks a client's subscriptions when its token expires and
+drops them all, then answers the reconnect with session present = 1; Event Grid's documentation does not
+say what a resumed session keeps across a permission change. SUBSCRIBE for a filter the session already
+holds only replaces it, so doing it again costs a few packets per reconnect and never loses one.
+SUBSCRIBE carries no user properties (Event Grid refuses them). Each received PUBLISH is handed to its
+handler synchronously on the loop; paho sends the QoS 1 PUBACK (always success: Event Grid ends the
+connection on a failure PUBACK) right after the handler returns, i.e. once the handler has accepted the
+message into its own bounded queue.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -31,7 +43,7 @@ from gateway.config.uplink import RefreshConfig, StatusMessageConfig, UplinkConf
 from gateway.errors import ConnectRefused, TokenError, UplinkError
 
 # The outcome types are the core's, so the pipeline's pump understands the uplink's answers.
-from gateway.model import Message, PublishOutcome, PublishResult
+from gateway.model import InboundHandler, InboundMessage, Message, PublishOutcome, PublishResult
 from gateway.uplink.mqtt_auth import (
     AuthClient,
     AuthOutcome,
@@ -40,6 +52,7 @@ from gateway.uplink.mqtt_auth import (
     paho_logger,
     reason_name,
 )
+from gateway.uplink.permissions import topic_matches, valid_filter
 
 log = logging.getLogger("fieldgate.uplink")
 
@@ -78,6 +91,13 @@ class UplinkStats:
     inflight: int
     #: Messages the permission gate kept from the broker (their topic is not granted); set by the gate.
     permission_denials: int = 0
+    #: PUBLISH packets received on subscriptions (commands), and those no subscription of ours matched.
+    inbound: int = 0
+    inbound_unmatched: int = 0
+    #: Filters subscribed (SUBACK < 0x80) / not attempted (not permitted) / refused by SUBACK.
+    subscribed: int = 0
+    subscriptions_not_permitted: int = 0
+    subscriptions_refused: int = 0
 
 
 def publish_packet_size(topic: str, payload_len: int, qos: int) -> int:
@@ -156,6 +176,8 @@ class _Connection:
     open: bool = False
     #: Why we ended it ourselves (refresh refused/timed out), if we did.
     end_reason: str | None = None
+    #: Filters the broker refused (SUBACK >= 0x80) on this connection: not asked again on it.
+    refused_filters: set[str] = field(default_factory=set)
 
     def end(self, reason: str) -> None:
         if self.end_reason is None:
@@ -191,6 +213,15 @@ class Uplink:
         self.token_listeners: list[Callable[[Token], None]] = []
         #: Called with (topic, reason code) for each publish the broker refused (PUBACK >= 0x80).
         self.refusal_listeners: list[Callable[[str, int], None]] = []
+        # Inbound: wanted filters (in order) with their handler and permission check; the filters the
+        # broker confirmed in the current session; a wake-up for the per-connection subscribe task.
+        self._subscriptions: dict[str, tuple[InboundHandler, Callable[[str], bool | None] | None]] = {}
+        self._confirmed: set[str] = set()
+        self._not_permitted: set[str] = set()
+        self._subs_changed = asyncio.Event()
+        self._inbound = 0
+        self._inbound_unmatched = 0
+        self._subscriptions_refused = 0
         self._failing: str | None = None
         self._failures = 0
         # counters
@@ -220,13 +251,126 @@ class Uplink:
             lost=self._lost,
             token_expires_at=self._token.expires_at if self._token is not None else None,
             inflight=len(conn.inflight) if conn is not None else 0,
+            inbound=self._inbound,
+            inbound_unmatched=self._inbound_unmatched,
+            subscribed=len(self._confirmed),
+            subscriptions_not_permitted=len(self._not_permitted),
+            subscriptions_refused=self._subscriptions_refused,
         )
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
-    async def send(self, message: Message) -> asyncio.Future[PublishResult]:
-        """Hand a message to the session; see the module docstring for the outcomes."""
+    # -- inbound ---------------------------------------------------------------------------------
+    def subscribe(
+        self,
+        filters: Sequence[str],
+        handler: InboundHandler,
+        *,
+        permitted: Callable[[str], bool | None] | None = None,
+    ) -> None:
+        """Keep ``filters`` subscribed (QoS 1) from now on, on every connection; deliver to ``handler``.
+
+        ``permitted(filter)`` is asked before each attempt (at every connection and after
+        :meth:`recheck_subscriptions`): False means the token does not grant it, so it is not attempted
+        (the permission check logs why); None (no token known) and True mean go ahead.
+        """
+        for topic_filter in filters:
+            if not valid_filter(topic_filter):
+                raise ValueError(f"not a valid MQTT topic filter: {topic_filter!r}")
+            self._subscriptions[topic_filter] = (handler, permitted)
+        self._subs_changed.set()
+
+    def recheck_subscriptions(self) -> None:
+        """The permissions changed (a refreshed token): try the filters that were not permitted again."""
+        self._subs_changed.set()
+
+    async def respond(self, topic: str, payload: bytes, correlation_data: bytes | None) -> PublishResult:
+        """Publish one response at QoS 1 with ``correlation_data``; the PUBACK outcome (LOST: not sent)."""
+        future = await self.send(Message(topic, payload, qos=1), correlation_data=correlation_data)
+        return await future
+
+    def _on_message(self, message: paho.MQTTMessage) -> None:
+        """paho's on_message, on the loop: hand the message over; never raise (paho would drop the line)."""
+        self._inbound += 1
+        try:
+            topic = message.topic
+            props = getattr(message, "properties", None)
+            inbound = InboundMessage(
+                topic=topic,
+                payload=bytes(message.payload),
+                qos=int(message.qos),
+                dup=bool(message.dup),
+                response_topic=getattr(props, "ResponseTopic", None),
+                correlation_data=_bytes_or_none(getattr(props, "CorrelationData", None)),
+                message_expiry=getattr(props, "MessageExpiryInterval", None),
+                received_at=time.monotonic(),
+            )
+            handler = next((h for f, (h, _) in self._subscriptions.items() if topic_matches(f, topic)), None)
+            if handler is None:
+                # A subscription the broker kept from an earlier run of a different config.
+                self._inbound_unmatched += 1
+                log.debug(
+                    "inbound message on %r matches no subscription of ours; acknowledged, ignored", topic
+                )
+                return
+            handler(inbound)
+        except Exception:
+            log.exception("inbound message could not be handed over; acknowledged and dropped")
+
+    async def _keep_subscribed(self, conn: _Connection) -> None:
+        """Per connection: subscribe every wanted filter, then new ones as they are added or permitted."""
+        # Even with session present: see the module docstring (a kept session may have lost them).
+        self._confirmed.clear()
+        while True:
+            self._subs_changed.clear()
+            for topic_filter, (_, permitted) in list(self._subscriptions.items()):
+                if topic_filter in self._confirmed or topic_filter in conn.refused_filters:
+                    continue
+                if permitted is not None and permitted(topic_filter) is False:
+                    self._not_permitted.add(topic_filter)
+                    continue
+                self._not_permitted.discard(topic_filter)
+                await self._subscribe_one(conn, topic_filter)
+            await self._subs_changed.wait()
+
+    async def _subscribe_one(self, conn: _Connection, topic_filter: str) -> None:
+        try:
+            codes = await conn.client.subscribe(topic_filter, qos=1, timeout=self._config.connect_timeout)
+        except aiomqtt.MqttError as exc:
+            if conn.ended.done() or not conn.auth.is_connected():
+                # The connection is going away (the reconnect loop logs why); the next one tries again.
+                log.debug("subscribe to %r not completed: %s", topic_filter, exc)
+                await conn.ended
+                return
+            conn.refused_filters.add(topic_filter)
+            log.warning("subscribe to %r: %s; trying again on the next connection", topic_filter, exc)
+            return
+        first = codes[0] if codes else 0x80
+        code = first if isinstance(first, int) else int(first.value)
+        if code < 0x80:
+            self._confirmed.add(topic_filter)
+            log.info("subscribed to %r (QoS %d granted)", topic_filter, code)
+            return
+        conn.refused_filters.add(topic_filter)
+        self._subscriptions_refused += 1
+        hint = " (the token does not grant it)" if code == 0x87 else ""
+        log.warning(
+            "the broker refused the subscription to %r: SUBACK 0x%02X %s%s",
+            topic_filter,
+            code,
+            reason_name(PacketTypes.SUBACK, code),
+            hint,
+        )
+
+    # -- sending ---------------------------------------------------------------------------------
+    async def send(
+        self, message: Message, *, correlation_data: bytes | None = None
+    ) -> asyncio.Future[PublishResult]:
+        """Hand a message to the session; see the module docstring for the outcomes.
+
+        ``correlation_data`` goes out as the MQTT v5 Correlation Data property (command responses).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PublishResult] = loop.create_future()
         if message.qos not in (0, 1):
@@ -234,6 +378,8 @@ class Uplink:
         # uplink.qos = 0 downgrades every message; with 1, each message keeps the QoS the router gave it.
         qos = min(message.qos, self._config.qos)
         size = publish_packet_size(message.topic, len(message.payload), qos)
+        if correlation_data is not None:
+            size += 3 + len(correlation_data) + 1  # property id, length, data; property length byte
         if size > self._config.max_message_bytes:
             why = f"message of {size} bytes exceeds max_message_bytes ({self._config.max_message_bytes})"
             return self._refuse_locally(future, message.topic, why)
@@ -241,8 +387,18 @@ class Uplink:
         if conn.max_packet is not None and size > conn.max_packet:
             why = f"message of {size} bytes exceeds the broker's Maximum Packet Size ({conn.max_packet})"
             return self._refuse_locally(future, message.topic, why)
+        props: Properties | None = None
+        if correlation_data is not None:
+            props = new_properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation_data
         self._publish_on(
-            conn, topic=message.topic, payload=message.payload, qos=qos, retain=False, future=future
+            conn,
+            topic=message.topic,
+            payload=message.payload,
+            qos=qos,
+            retain=False,
+            future=future,
+            properties=props,
         )
         return future
 
@@ -265,9 +421,10 @@ class Uplink:
         qos: int,
         retain: bool,
         future: asyncio.Future[PublishResult],
+        properties: Properties | None = None,
     ) -> None:
         try:
-            info = conn.auth.publish(topic, payload, qos, retain)
+            info = conn.auth.publish(topic, payload, qos, retain, properties)
         except ValueError as exc:  # paho refuses wildcards and over-long topics
             self._refuse_locally(future, topic, f"invalid topic ({exc})")
             return
@@ -485,6 +642,9 @@ class Uplink:
         def published(c: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any) -> None:
             self._on_publish(conn, mid, rc)
 
+        def received(c: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+            self._on_message(message)
+
         def socket_opened(c: paho.Client, userdata: Any, sock: Any) -> None:
             # Called on the thread that runs paho's connect(); a plain int increment is safe under the GIL
             # and only the event loop reads it.
@@ -494,6 +654,8 @@ class Uplink:
         auth.on_connect = connected
         auth.on_disconnect = disconnected
         auth.on_publish = published
+        # Replaces aiomqtt's own on_message, whose unbounded queue nobody would read.
+        auth.on_message = received
         auth.on_socket_open = socket_opened
         return conn
 
@@ -582,21 +744,21 @@ class Uplink:
         self._conn = conn
         self._connected.set()
         self._wakeup.set()
-        refresher = None
+        helpers = [asyncio.create_task(self._keep_subscribed(conn), name="uplink.subscribe")]
         if cfg.refresh.enabled:
-            refresher = asyncio.create_task(self._refresh_loop(conn), name="uplink.refresh")
+            helpers.append(asyncio.create_task(self._refresh_loop(conn), name="uplink.refresh"))
         try:
             return await asyncio.shield(conn.ended)
         finally:
             conn.open = False
             self._connected.clear()
             self._connected_since = None
-            if refresher is not None:
-                refresher.cancel()
+            for helper in helpers:
+                helper.cancel()
                 try:
-                    await refresher
+                    await helper
                 except asyncio.CancelledError:
-                    # The refresher's own cancellation; re-raise if *we* are being cancelled.
+                    # The helper's own cancellation; re-raise if *we* are being cancelled.
                     current = asyncio.current_task()
                     if current is not None and current.cancelling():
                         raise
@@ -634,3 +796,11 @@ class Uplink:
         finally:
             self._conn = None
             self._connected.clear()
+
+
+def _bytes_or_none(value: object) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode("utf-8")
