@@ -321,7 +321,7 @@ class Uplink:
     async def _keep_subscribed(self, conn: _Connection) -> None:
         """Per connection: subscribe every wanted filter, then new ones as they are added or permitted."""
         # Even with session present: see the module docstring (a kept session may have lost them).
-        self._confirmed.clear()
+        # (The confirmed set was emptied when this connection's CONNACK was counted.)
         while True:
             self._subs_changed.clear()
             for topic_filter, (_, permitted) in list(self._subscriptions.items()):
@@ -719,6 +719,8 @@ class Uplink:
         conn.max_packet = int(max_packet) if max_packet is not None else None
         conn.topic_alias_max = int(getattr(props, "TopicAliasMaximum", 0))
         self._connects += 1
+        # Nothing counts as subscribed on a new connection until its SUBACKs say so.
+        self._confirmed.clear()
         self._connected_since = time.time()
         backoff.reset()
         recovered = f" after {self._failures} failed attempts" if self._failures else ""

@@ -519,6 +519,7 @@ async def test_command_subscriptions_survive_a_reconnect(
         await wait_until(lambda: sink.stats.subscribed == 3, 15, "command topics subscribed")  # type: ignore[attr-defined]
         write_token(broker, token_file, subscribe=[COMMANDS])  # the agent's next token, 10 minutes
         await wait_until(lambda: sink.stats.connects == 2, 15, "the reconnect after the token expired")  # type: ignore[attr-defined]
+        await wait_until(lambda: sink.stats.subscribed == 3, 15, "command topics subscribed again")  # type: ignore[attr-defined]
         reply = await op.call("plc", {"read": {"points": ["setpoint"]}})
         assert reply["status"] == "done", reply
     connected = [r.getMessage() for r in caplog.records if "uplink connected" in r.getMessage()]
