@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import heapq
 import logging
 import os
@@ -164,9 +165,19 @@ class DiskQueue:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._lock: int | None = None
 
     def open(self) -> _Opened:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One gateway per state directory: two processes sharing a queue would both send it. A lock
+        # file (not SQLite's exclusive locking mode) so that the queue can still be inspected read-only.
+        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise sqlite3.OperationalError("another fieldgate process uses this state directory") from None
+        self._lock = lock
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per job.
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=1.0)
         self._db = db
@@ -178,8 +189,6 @@ class DiskQueue:
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot use WAL journal mode (got {mode})")
             db.execute("PRAGMA synchronous = NORMAL")
-            # One gateway per state directory: a second process sharing the queue would send twice.
-            db.execute("PRAGMA locking_mode = EXCLUSIVE")
             db.executescript(_SCHEMA)
             rows, size, first, last = db.execute(
                 f"SELECT count(*), coalesce(sum({_SIZE}), 0), min(id), max(id) FROM messages"
@@ -303,11 +312,14 @@ class DiskQueue:
             db.execute("PRAGMA incremental_vacuum(256)").fetchall()
 
     def close(self) -> None:
-        if self._db is not None:
-            try:
+        try:
+            if self._db is not None:
                 self._db.close()
-            finally:
-                self._db = None
+        finally:
+            self._db = None
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
 
 
 def is_corruption(exc: sqlite3.Error) -> bool:
@@ -377,7 +389,11 @@ class SqliteStore:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._job_future: asyncio.Future[_JobResult] | None = None
         self._job: tuple[_Job, int, int] | None = None
+        self._jobs_started = self._jobs_finished = 0
+        self._sync_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._always = settings.durability == "always"
+        #: Rows read back per job: memory holds at most about memory_messages plus this.
+        self._chunk = max(1, min(LOAD_CHUNK, settings.memory_messages // 2))
         #: Unknown at start: until the first delivery, messages are written (as when it is down).
         self._link_up = False
         #: Writes failed (disk full): messages stay in memory until a retry succeeds.
@@ -484,6 +500,16 @@ class SqliteStore:
             log.info("store %s opened (%s durability)", self.path, self.settings.durability)
         # Reserve the first block of sequence numbers before any message can be sent.
         await self._flush()
+
+    async def sync(self) -> None:
+        """Until everything appended so far is committed (or known to stay in memory)."""
+        if self._disk is None:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The job that starts next carries everything appended until now.
+        self._sync_waiters.append((self._jobs_started + 1, waiter))
+        self._kick.set()
+        await waiter
 
     def _degrade_at_open(self, why: str) -> None:
         log.error(
@@ -715,11 +741,14 @@ class SqliteStore:
             return heapq.heappop(self._released)[1]
         if self._load_wanted():
             self._kick.set()
-        if self._head and self._tail:
-            self._credit += self.settings.replay_share
-            if self._credit >= 1.0:
-                self._credit -= 1.0
+        share = self.settings.replay_share
+        if self._tail and (self._head or self._gap):
+            if self._credit + share >= 1.0:
+                if not self._head:
+                    return None  # the backlog's turn: its next rows are being read back
+                self._credit += share - 1.0
                 return self._head.popleft()
+            self._credit += share
             return self._tail.popleft()
         if self._head:
             return self._head.popleft()
@@ -836,6 +865,8 @@ class SqliteStore:
     def _due(self, now: float) -> bool:
         if self._disk is None:
             return False
+        if self._sync_waiters:
+            return True
         if self._write_failed is not None:
             return now >= self._retry_at or self._load_wanted()
         if len(self._to_insert) >= self.settings.batch_messages or self._load_wanted():
@@ -847,7 +878,7 @@ class SqliteStore:
         return self._pending_since is not None and now >= self._pending_since + self.settings.batch_interval
 
     def _load_wanted(self) -> bool:
-        return bool(self._gap) and not self._loading and len(self._head) < LOAD_CHUNK // 2
+        return bool(self._gap) and not self._loading and len(self._head) < self._chunk // 2
 
     async def _flush(self) -> None:
         """Build one job from what is pending, run it on the worker, apply its result."""
@@ -864,7 +895,7 @@ class SqliteStore:
             gap=[(r[0], r[1]) for r in self._gap],
             gap_drops=0 if read_only else self._gap_drops,
             expire_before=None if read_only else self._expire_before,
-            load=LOAD_CHUNK if self._load_wanted() else 0,
+            load=self._chunk if self._load_wanted() else 0,
             seq_reserve=None if read_only else seq_reserve,
             read_only=read_only,
         )
@@ -876,6 +907,7 @@ class SqliteStore:
             self._expire_before = None
             self._pending_since = None
         self._loading = bool(job.load)
+        self._jobs_started += 1
         release_upto = self._next_id - 1
         future = asyncio.get_running_loop().run_in_executor(self._executor, self._disk.run, job)
         self._job_future = future
@@ -896,6 +928,7 @@ class SqliteStore:
     def _finish_job(self, job: _Job, release_upto: int, estimate: int, result: _JobResult) -> None:
         self._file_bytes = result.file_bytes
         self._loading = False
+        missing = 0
         if result.write_error is not None and not job.read_only:
             self._write_failed_with(job, estimate, result.write_error)
         elif not job.read_only:
@@ -922,8 +955,6 @@ class SqliteStore:
                 self._disk_bytes -= result.expired_bytes
                 self._count_drop(result.expired, result.expired_bytes)
                 self._aged.hit(result.expired, result.expired_bytes, "dropping messages older than the bound")
-        else:
-            missing = 0
         # The gap after this job: the snapshot's leading ranges that were used up, and a new start.
         for _ in range(result.consumed):
             self._gap.popleft()
@@ -932,6 +963,9 @@ class SqliteStore:
         self._gap_oldest_ts = result.gap_oldest_ts
         self._gap_count = max(0, self._gap_count - len(result.rows)) if self._gap else 0
         self._head.extend(result.rows)
+        if job.load:
+            # Wake take(): rows arrived, or the gap turned out empty and the tail may go now.
+            self._ready.set()
         for _ in range(min(missing, len(self._head))):
             entry = self._head.popleft()
             self._to_delete.append(entry.id)
@@ -950,6 +984,15 @@ class SqliteStore:
                 self._to_tail(self._awaiting.popleft())
         if not self._depth:
             self._idle.set()
+        self._jobs_finished += 1
+        waiting = []
+        for needed, waiter in self._sync_waiters:
+            if needed <= self._jobs_finished:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((needed, waiter))
+        self._sync_waiters = waiting
 
     def _write_failed_with(self, job: _Job, estimate: int, why: str) -> None:
         first = self._write_failed is None
