@@ -240,18 +240,27 @@ async def test_messages_older_than_max_age_are_dropped(state_dir: Path) -> None:
         assert await take_seqs(store, 60) == list(range(241, 301))
 
 
-async def test_a_corrupt_file_is_moved_aside_and_a_fresh_store_starts(
-    state_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture
+def damaged_state_dir(state_dir: Path) -> Path:
     state_dir.mkdir()
     (state_dir / DB_NAME).write_bytes(b"this is not a SQLite database at all" * 100)
+    return state_dir
 
+
+def kept_aside(state_dir: Path) -> list[Path]:
+    return list(state_dir.glob(f"{DB_NAME}.corrupt-*"))
+
+
+async def test_a_corrupt_file_is_moved_aside_and_a_fresh_store_starts(
+    damaged_state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state_dir = damaged_state_dir
     async with Running(state_dir, settings()) as store:
         assert store.durable
         store.append(message(1))
         assert await take_seqs(store, 1) == [1]
 
-    kept = list(state_dir.glob(f"{DB_NAME}.corrupt-*"))
+    kept = kept_aside(state_dir)
     assert len(kept) == 1
     assert kept[0].read_bytes().startswith(b"this is not a SQLite database")
     assert "is damaged" in caplog.text and "moved aside to" in caplog.text
@@ -367,6 +376,7 @@ asyncio.run(main())
 def test_a_full_disk_degrades_to_memory_without_crashing_and_recovers(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", FULL_DISK_SCRIPT, str(tmp_path / "state")],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
