@@ -1,0 +1,628 @@
+"""The MQTT v5 uplink session: connect with a JWT, refresh it in session, publish through a PUBACK window.
+
+One connection at a time (a fresh aiomqtt/paho client per connection, so no state leaks between them).
+``Uplink.run`` owns the reconnect loop and, per connection, one named task ``uplink.refresh``.
+``Uplink.send`` applies backpressure (waits until connected and a window slot is free) and returns a
+future that resolves with the message's fate: DELIVERED (PUBACK < 0x80, or written for QoS 0), REFUSED
+(PUBACK >= 0x80, or refused locally), LOST (the connection dropped before the PUBACK: the caller resends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.auth.token import Token, TokenSource
+from gateway.config.uplink import RefreshConfig, StatusMessageConfig, UplinkConfig, fill_template
+from gateway.errors import ConnectRefused, TokenError, UplinkError
+from gateway.model import Message
+from gateway.uplink.mqtt_auth import (
+    AuthClient,
+    AuthOutcome,
+    install,
+    new_properties,
+    paho_logger,
+    reason_name,
+)
+
+log = logging.getLogger("fieldgate.uplink")
+
+#: What a CONNACK reason code means for the operator (codes not listed are logged by their MQTT name).
+CONNACK_HINTS: dict[int, str] = {
+    0x86: "bad user name or password: the broker refused the username (authentication name)",
+    0x87: "not authorized: the broker refused the token (check iss, sub, aud, nbf/exp, the signing key)",
+    0x88: "server unavailable: retrying with backoff",
+    0x89: "server busy: retrying with backoff",
+    0x8A: "banned: this client is banned by the broker",
+    0x8C: "bad authentication method: the broker does not accept this method "
+    "(Event Grid: CUSTOM-JWT for a custom issuer, OAUTH2-JWT for Microsoft Entra ID)",
+    0x9C: "use another server: the broker redirects this client",
+    0x9D: "server moved: the broker redirects this client permanently",
+    0x9F: "connection rate exceeded: retrying with backoff",
+}
+#: Keep this many distinct refused topics for "log once per topic"; beyond it, refusals log at debug.
+_MAX_REMEMBERED_TOPICS = 1024
+
+
+class PublishOutcome(enum.Enum):
+    DELIVERED = "delivered"
+    REFUSED = "refused"
+    #: The connection dropped before the PUBACK: the caller resends.
+    LOST = "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    outcome: PublishOutcome
+    reason_code: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkStats:
+    connected: bool
+    connected_since: float | None
+    #: Successful CONNECTs (CONNACK 0x00).
+    connects: int
+    #: Transport connections opened (TCP, after the TLS handshake when TLS is on).
+    connections: int
+    refreshes_ok: int
+    refreshes_failed: int
+    published: int
+    delivered: int
+    refused: int
+    lost: int
+    token_expires_at: float | None
+    inflight: int
+
+
+def publish_packet_size(topic: str, payload_len: int, qos: int) -> int:
+    """Bytes of the PUBLISH packet we send (no properties): what Maximum Packet Size limits."""
+    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + 1 + payload_len
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2097152 else 4
+    return 1 + length_bytes + remaining
+
+
+def connack_text(code: int, properties: Properties | None = None) -> str:
+    name = reason_name(PacketTypes.CONNACK, code)
+    text = f"0x{code:02X} {CONNACK_HINTS.get(code, name)}"
+    reference = getattr(properties, "ServerReference", None) if properties is not None else None
+    if reference:
+        text += f" (server reference: {reference})"
+    reason = getattr(properties, "ReasonString", None) if properties is not None else None
+    if reason:
+        text += f" (broker says: {reason})"
+    return text
+
+
+def refresh_delay(token: Token, cfg: RefreshConfig, now: float, rng: random.Random) -> float:
+    """Seconds until the next refresh: min(issued + fraction*lifetime, exp - margin) minus jitter.
+
+    The margin is ignored when it would leave less than half the lifetime (short development tokens
+    would otherwise be refreshed continuously).
+    """
+    lifetime = token.lifetime
+    at = token.issued_at + cfg.fraction * lifetime
+    by_margin = token.expires_at - cfg.margin
+    if by_margin >= token.issued_at + lifetime / 2:
+        at = min(at, by_margin)
+    at -= rng.uniform(0.0, min(cfg.jitter, 0.1 * lifetime))
+    return max(0.0, at - now)
+
+
+class Backoff:
+    """Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to the maximum."""
+
+    def __init__(self, initial: float, maximum: float, rng: random.Random) -> None:
+        self._initial = initial
+        self._maximum = maximum
+        self._rng = rng
+        self._attempt = 0
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self._maximum, self._initial * (2 ** min(self._attempt, 30)))
+        self._attempt += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(eq=False)
+class _Pending:
+    future: asyncio.Future[PublishResult]
+    topic: str
+    qos: int
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One MQTT connection's state; discarded when it ends."""
+
+    client: aiomqtt.Client
+    auth: AuthClient
+    ended: asyncio.Future[str]
+    inflight: dict[int, _Pending] = field(default_factory=dict)
+    window: int = 1
+    max_packet: int | None = None
+    topic_alias_max: int = 0
+    connack_code: int | None = None
+    connack_properties: Properties | None = None
+    session_present: bool = False
+    open: bool = False
+    #: Why we ended it ourselves (refresh refused/timed out), if we did.
+    end_reason: str | None = None
+
+    def end(self, reason: str) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+        if not self.ended.done():
+            self.ended.set_result(reason)
+
+
+class Uplink:
+    """The gateway's one MQTT v5 session. ``run`` until cancelled; ``send`` from the pipeline."""
+
+    def __init__(
+        self,
+        config: UplinkConfig,
+        token_source: TokenSource,
+        *,
+        gateway_id: str,
+        site: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._source = token_source
+        self._gateway_id = gateway_id
+        self._site = site
+        self._rng = rng or random.Random()
+        self._conn: _Connection | None = None
+        self._token: Token | None = None
+        self._wakeup = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._connected_since: float | None = None
+        self._refused_topics: set[str] = set()
+        self._failing: str | None = None
+        self._failures = 0
+        # counters
+        self._connects = 0
+        self._connections = 0
+        self._refreshes_ok = 0
+        self._refreshes_failed = 0
+        self._published = 0
+        self._delivered = 0
+        self._refused = 0
+        self._lost = 0
+
+    # -- public ----------------------------------------------------------------------------------
+    @property
+    def stats(self) -> UplinkStats:
+        conn = self._conn
+        return UplinkStats(
+            connected=conn is not None and conn.open,
+            connected_since=self._connected_since,
+            connects=self._connects,
+            connections=self._connections,
+            refreshes_ok=self._refreshes_ok,
+            refreshes_failed=self._refreshes_failed,
+            published=self._published,
+            delivered=self._delivered,
+            refused=self._refused,
+            lost=self._lost,
+            token_expires_at=self._token.expires_at if self._token is not None else None,
+            inflight=len(conn.inflight) if conn is not None else 0,
+        )
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def send(self, message: Message) -> asyncio.Future[PublishResult]:
+        """Hand a message to the session; see the module docstring for the outcomes."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PublishResult] = loop.create_future()
+        if message.qos not in (0, 1):
+            return self._refuse_locally(future, message.topic, f"QoS {message.qos} is not supported (0 or 1)")
+        size = publish_packet_size(message.topic, len(message.payload), message.qos)
+        if size > self._config.max_message_bytes:
+            why = f"message of {size} bytes exceeds max_message_bytes ({self._config.max_message_bytes})"
+            return self._refuse_locally(future, message.topic, why)
+        conn = await self._slot()
+        if conn.max_packet is not None and size > conn.max_packet:
+            why = f"message of {size} bytes exceeds the broker's Maximum Packet Size ({conn.max_packet})"
+            return self._refuse_locally(future, message.topic, why)
+        self._publish_on(
+            conn, topic=message.topic, payload=message.payload, qos=message.qos, retain=False, future=future
+        )
+        return future
+
+    # -- sending ---------------------------------------------------------------------------------
+    async def _slot(self) -> _Connection:
+        """Wait until a connection is open and has a free window slot (backpressure)."""
+        while True:
+            conn = self._conn
+            if conn is not None and conn.open and len(conn.inflight) < conn.window:
+                return conn
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def _publish_on(
+        self,
+        conn: _Connection,
+        *,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        future: asyncio.Future[PublishResult],
+    ) -> None:
+        try:
+            info = conn.auth.publish(topic, payload, qos, retain)
+        except ValueError as exc:  # paho refuses wildcards and over-long topics
+            self._refuse_locally(future, topic, f"invalid topic ({exc})")
+            return
+        self._published += 1
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # The connection went away between the window check and the write.
+            self._lost += 1
+            future.set_result(PublishResult(PublishOutcome.LOST, None, paho.error_string(info.rc)))
+            conn.auth.drop_out_messages()
+            return
+        conn.inflight[info.mid] = _Pending(future, topic, qos)
+
+    def _refuse_locally(
+        self, future: asyncio.Future[PublishResult], topic: str, why: str
+    ) -> asyncio.Future[PublishResult]:
+        self._refused += 1
+        self._log_refusal(topic, f"refused locally: {why}")
+        future.set_result(PublishResult(PublishOutcome.REFUSED, None, why))
+        return future
+
+    def _log_refusal(self, topic: str, text: str) -> None:
+        if topic in self._refused_topics:
+            log.debug("publish to %r %s", topic, text)
+            return
+        if len(self._refused_topics) < _MAX_REMEMBERED_TOPICS:
+            self._refused_topics.add(topic)
+        log.warning("publish to %r %s (further refusals for this topic: debug level)", topic, text)
+
+    def _on_publish(self, conn: _Connection, mid: int, reason_code: ReasonCode) -> None:
+        pending = conn.inflight.pop(mid, None)
+        self._wakeup.set()
+        if pending is None:
+            return
+        if pending.qos == 0:
+            self._delivered += 1
+            result = PublishResult(PublishOutcome.DELIVERED, None, "written (QoS 0)")
+        else:
+            code = int(reason_code.value)
+            name = reason_name(PacketTypes.PUBACK, code)
+            if code < 0x80:  # 0x00 success, 0x10 no matching subscribers: both accepted
+                self._delivered += 1
+                result = PublishResult(PublishOutcome.DELIVERED, code, name)
+            else:
+                self._refused += 1
+                hint = " (the token does not grant this topic)" if code == 0x87 else ""
+                self._log_refusal(pending.topic, f"refused by the broker: PUBACK 0x{code:02X} {name}{hint}")
+                result = PublishResult(PublishOutcome.REFUSED, code, name)
+        if not pending.future.done():
+            pending.future.set_result(result)
+
+    def _lose_inflight(self, conn: _Connection, why: str) -> None:
+        for pending in conn.inflight.values():
+            if not pending.future.done():
+                self._lost += 1
+                pending.future.set_result(PublishResult(PublishOutcome.LOST, None, why))
+        conn.inflight.clear()
+        self._wakeup.set()
+
+    # -- state logging ---------------------------------------------------------------------------
+    def _fail(self, what: str) -> None:
+        """A connect attempt failed: error once per streak of the same failure, debug while it lasts."""
+        self._failures += 1
+        if self._failing != what:
+            self._failing = what
+            log.error("uplink to %s:%d: %s", self._config.host, self._config.port, what)
+        else:
+            log.debug("uplink to %s:%d still failing (%d attempts): %s", *self._where(), self._failures, what)
+
+    def _where(self) -> tuple[str, int]:
+        return self._config.host, self._config.port
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def _method(self) -> str:
+        return self._config.auth_method
+
+    async def _refresh_loop(self, conn: _Connection) -> None:
+        cfg = self._config.refresh
+        backoff = Backoff(self._config.reconnect.initial, self._config.reconnect.maximum, self._rng)
+        fetch_failing = False
+        while True:
+            current = self._token
+            if current is None:
+                return
+            await asyncio.sleep(refresh_delay(current, cfg, time.time(), self._rng))
+            try:
+                fresh = await self._source.get_token()
+            except TokenError as exc:
+                left = current.remaining()
+                if left <= 0:
+                    log.error("token refresh: %s; the token expired, the broker will disconnect", exc)
+                    return
+                if not fetch_failing:
+                    fetch_failing = True
+                    log.warning("token refresh: %s; retrying while the token is valid (%.0f s)", exc, left)
+                await asyncio.sleep(min(backoff.next(), max(0.1, left)))
+                continue
+            if fetch_failing:
+                fetch_failing = False
+                log.info("token refresh: a fresh token was obtained again")
+            backoff.reset()
+            if fresh.same_as(current):
+                # The file source has nothing newer yet; look again later (it warns before expiry).
+                await asyncio.sleep(min(30.0, max(1.0, current.remaining() / 10)))
+                continue
+            outcome = await self._reauthenticate(conn, fresh)
+            if outcome.accepted:
+                self._token = fresh
+                self._refreshes_ok += 1
+                log.debug("token refreshed in session (%s), %.0f s left", outcome.detail, fresh.remaining())
+                continue
+            self._refreshes_failed += 1
+            log.warning("token refresh refused: %s; reconnecting with a fresh token", outcome.detail)
+            conn.end(f"token refresh refused: {outcome.detail}")
+            # A normal DISCONNECT: we reconnect at once, so the will (gateway offline) must not fire.
+            # No-op when the broker already closed the socket (mosquitto 2.0.11's CONNACK 0x87).
+            conn.auth.disconnect()
+            return
+
+    async def _reauthenticate(self, conn: _Connection, fresh: Token) -> AuthOutcome:
+        future = conn.auth.reauthenticate(self._method(), fresh.value.encode("utf-8"))
+        try:
+            async with asyncio.timeout(self._config.refresh.timeout):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            timeout = self._config.refresh.timeout
+            return AuthOutcome(False, 0x80, f"no answer to AUTH 0x19 within {timeout:g} s")
+
+    # -- connection ------------------------------------------------------------------------------
+    def _connect_properties(self, token: Token) -> Properties:
+        props = new_properties(PacketTypes.CONNECT)
+        props.AuthenticationMethod = self._method()
+        props.AuthenticationData = token.value.encode("utf-8")
+        props.SessionExpiryInterval = self._config.session_expiry
+        return props
+
+    def _status_message(self, cfg: StatusMessageConfig) -> tuple[str, bytes]:
+        topic = fill_template(cfg.topic, gateway=self._gateway_id, site=self._site)
+        payload = fill_template(cfg.payload, gateway=self._gateway_id, site=self._site)
+        return topic, payload.encode("utf-8")
+
+    def _will(self) -> aiomqtt.Will | None:
+        cfg = self._config.will
+        if cfg is None:
+            return None
+        topic, payload = self._status_message(cfg)
+        props: Properties | None = None
+        if cfg.delay:
+            props = new_properties(PacketTypes.WILLMESSAGE)
+            props.WillDelayInterval = cfg.delay
+        return aiomqtt.Will(topic, payload, cfg.qos, cfg.retain, props)
+
+    def _new_connection(self, token: Token, tls: ssl.SSLContext | None) -> _Connection:
+        cfg = self._config
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            logger=paho_logger(),
+            identifier=cfg.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=self._will(),
+            timeout=cfg.connect_timeout,
+            keepalive=cfg.keepalive,
+            clean_start=False,
+            properties=self._connect_properties(token),
+            tls_context=tls,
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            # Unlimited in paho: our own window (min of Receive Maximum and max_inflight) bounds it, and
+            # paho refuses to change its limit once connected, i.e. after Receive Maximum is known.
+            max_inflight_messages=0,
+        )
+        auth = install(client)
+        conn = _Connection(client=client, auth=auth, ended=asyncio.get_running_loop().create_future())
+
+        # aiomqtt's own handlers, chained after ours (they resolve __aenter__ and its disconnect future).
+        on_connect = cast(Callable[..., None], auth.on_connect)
+        on_disconnect = cast(Callable[..., None], auth.on_disconnect)
+        on_socket_open = cast(Callable[..., None], auth.on_socket_open)
+
+        def connected(c: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any = None) -> None:
+            conn.connack_code = int(rc.value)
+            conn.connack_properties = props
+            conn.session_present = bool(getattr(flags, "session_present", False))
+            on_connect(c, userdata, flags, rc, props)  # aiomqtt's: resolves __aenter__
+
+        def disconnected(
+            c: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any = None
+        ) -> None:
+            auth.connection_closed()
+            refusal = auth.refusal
+            if conn.end_reason is not None:
+                why = conn.end_reason
+            elif refusal is not None:
+                why = f"token refresh refused: {refusal.detail}"
+            elif getattr(flags, "is_disconnect_packet_from_server", False):
+                why = f"the broker sent DISCONNECT 0x{int(rc.value):02X} {rc.getName()}"
+            else:
+                why = f"connection lost ({rc.getName()})"
+            conn.end(why)
+            on_disconnect(c, userdata, flags, rc, props)
+
+        def published(c: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any) -> None:
+            self._on_publish(conn, mid, rc)
+
+        def socket_opened(c: paho.Client, userdata: Any, sock: Any) -> None:
+            # Called on the thread that runs paho's connect(); a plain int increment is safe under the GIL
+            # and only the event loop reads it.
+            self._connections += 1
+            on_socket_open(c, userdata, sock)
+
+        auth.on_connect = connected
+        auth.on_disconnect = disconnected
+        auth.on_publish = published
+        auth.on_socket_open = socket_opened
+        return conn
+
+    async def _tls_context(self) -> ssl.SSLContext | None:
+        cfg = self._config
+        if not cfg.tls:
+            return None
+
+        def build() -> ssl.SSLContext:
+            ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            return ctx
+
+        try:
+            # Loading the system CA store or a CA file reads disk: worker thread.
+            return await asyncio.to_thread(build)
+        except (OSError, ssl.SSLError) as exc:
+            raise UplinkError(f"cannot load the CA file {cfg.ca_file}: {exc}") from exc
+
+    def _explain_connect_error(self, conn: _Connection, exc: aiomqtt.MqttError) -> str:
+        if conn.connack_code is not None and conn.connack_code >= 0x80:
+            return "connection refused: CONNACK " + connack_text(conn.connack_code, conn.connack_properties)
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"TLS certificate verification failed: {cause.verify_message} "
+                "(give the broker's CA in uplink.ca_file, and check that host matches the certificate)"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed: {cause.reason or cause}"
+        if isinstance(cause, OSError):
+            return f"cannot connect: {cause.strerror or cause}"
+        return f"cannot connect: {exc}"
+
+    async def _run_connection(self, token: Token, tls: ssl.SSLContext | None, backoff: Backoff) -> str:
+        """One connection from CONNECT to its end: returns why it ended; UplinkError if it never began."""
+        conn = self._new_connection(token, tls)
+        try:
+            await conn.client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            text = self._explain_connect_error(conn, exc)
+            if conn.connack_code is not None and conn.connack_code >= 0x80:
+                raise ConnectRefused(conn.connack_code, text) from exc
+            raise UplinkError(text) from exc
+        try:
+            return await self._serve(conn, backoff)
+        finally:
+            # Graceful DISCONNECT when we leave on our own (cancellation); no-op after a broker disconnect.
+            # The exception aiomqtt stored for an unexpected disconnect is read so asyncio does not warn.
+            disconnected = conn.client._disconnected
+            if disconnected.done() and not disconnected.cancelled():
+                disconnected.exception()
+            await conn.client.__aexit__(None, None, None)
+
+    async def _serve(self, conn: _Connection, backoff: Backoff) -> str:
+        cfg = self._config
+        props = conn.connack_properties
+        receive_max = int(getattr(props, "ReceiveMaximum", 65535))
+        conn.window = max(1, min(receive_max, cfg.max_inflight))
+        max_packet = getattr(props, "MaximumPacketSize", None)
+        conn.max_packet = int(max_packet) if max_packet is not None else None
+        conn.topic_alias_max = int(getattr(props, "TopicAliasMaximum", 0))
+        self._connects += 1
+        self._connected_since = time.time()
+        backoff.reset()
+        recovered = f" after {self._failures} failed attempts" if self._failures else ""
+        self._failing, self._failures = None, 0
+        log.info(
+            "uplink connected to %s:%d as %r%s (session %s, window %d, broker max packet %s)",
+            cfg.host,
+            cfg.port,
+            cfg.client_id,
+            recovered,
+            "resumed" if conn.session_present else "new",
+            conn.window,
+            conn.max_packet if conn.max_packet is not None else "unlimited",
+        )
+        if cfg.birth is not None:
+            # Queued before the connection opens to senders, so it goes out first.
+            topic, payload = self._status_message(cfg.birth)
+            birth: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+            self._publish_on(
+                conn, topic=topic, payload=payload, qos=cfg.birth.qos, retain=cfg.birth.retain, future=birth
+            )
+        conn.open = True
+        self._conn = conn
+        self._connected.set()
+        self._wakeup.set()
+        refresher = None
+        if cfg.refresh.enabled:
+            refresher = asyncio.create_task(self._refresh_loop(conn), name="uplink.refresh")
+        try:
+            return await asyncio.shield(conn.ended)
+        finally:
+            conn.open = False
+            self._connected.clear()
+            self._connected_since = None
+            if refresher is not None:
+                refresher.cancel()
+                try:
+                    await refresher
+                except asyncio.CancelledError:
+                    # The refresher's own cancellation; re-raise if *we* are being cancelled.
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+            self._lose_inflight(conn, conn.ended.result() if conn.ended.done() else "uplink stopped")
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with backoff; refresh tokens in session. Runs until cancelled."""
+        cfg = self._config
+        tls = await self._tls_context()
+        backoff = Backoff(cfg.reconnect.initial, cfg.reconnect.maximum, self._rng)
+        try:
+            while True:
+                try:
+                    token = await self._source.get_token()
+                except TokenError as exc:
+                    self._fail(f"cannot get a token from {self._source.description}: {exc}")
+                    await asyncio.sleep(backoff.next())
+                    continue
+                self._token = token
+                started = time.monotonic()
+                try:
+                    why = await self._run_connection(token, tls, backoff)
+                except UplinkError as exc:
+                    self._fail(str(exc))
+                    await asyncio.sleep(backoff.next())
+                    continue
+                log.warning(
+                    "uplink disconnected from %s:%d after %.1f s: %s; reconnecting",
+                    cfg.host,
+                    cfg.port,
+                    time.monotonic() - started,
+                    why,
+                )
+                await asyncio.sleep(backoff.next())
+        finally:
+            self._conn = None
+            self._connected.clear()

@@ -1,0 +1,221 @@
+"""Start the local Event Grid-style broker (deploy/broker/run.sh) for a test.
+
+    with LocalBroker(keys_dir=tmp / "keys") as broker:
+        token = mint_token(broker.private_key_path, sub="gw-1", publish_topics=["plants/#"])
+        ...connect to broker.host, broker.port...
+        assert not any(token in line for line in broker.log_lines())
+
+The broker runs in the foreground as a child process on a free loopback port with its own
+runtime directory; its whole log (stdout and stderr) is captured to a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BROKER_DIR = REPO_ROOT / "deploy" / "broker"
+RUN_SH = BROKER_DIR / "run.sh"
+
+DEFAULT_ISSUER = "https://fieldgate.dev/issuer"
+DEFAULT_AUDIENCE = "https://fieldgate-local.ts.eventgrid.azure.net/"
+DEFAULT_METHOD = "CUSTOM-JWT"
+
+
+class BrokerStartError(RuntimeError):
+    """The broker did not come up; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_plugin() -> None:
+    """Builds the plugin (and the vector test program) if the sources changed."""
+    subprocess.run(["make", "-s", "-C", str(BROKER_DIR)], check=True, capture_output=True, text=True)
+
+
+class LocalBroker:
+    """mosquitto with the fieldgate auth plugin, on 127.0.0.1 and a free port."""
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        *,
+        keys_dir: Path | None = None,
+        issuer: str = DEFAULT_ISSUER,
+        audience: str = DEFAULT_AUDIENCE,
+        method: str = DEFAULT_METHOD,
+        second_public_key: Path | None = None,
+        publish_templates: Sequence[str] = (),
+        subscribe_templates: Sequence[str] = (),
+        publish_claim: str | None = "publish_topics",
+        subscribe_claim: str | None = "subscribe_topics",
+        tls: bool = False,
+        verbose: bool = True,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self._own_dir = tempfile.TemporaryDirectory(prefix="fieldgate-broker-")
+        base = Path(self._own_dir.name)
+        self.runtime_dir = base / "runtime"
+        self.keys_dir = Path(keys_dir) if keys_dir is not None else base / "keys"
+        self.issuer = issuer
+        self.audience = audience
+        self.method = method
+        self.second_public_key = second_public_key
+        self.publish_templates = tuple(publish_templates)
+        self.subscribe_templates = tuple(subscribe_templates)
+        self.publish_claim = publish_claim
+        self.subscribe_claim = subscribe_claim
+        self.tls = tls
+        self.verbose = verbose
+        self.start_timeout = start_timeout
+        self.port = 0
+        self.log_path = base / "broker.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- paths ------------------------------------------------------------------------------
+    @property
+    def private_key_path(self) -> Path:
+        return self.keys_dir / "issuer.key"
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.keys_dir / "issuer.pem"
+
+    @property
+    def ca_path(self) -> Path | None:
+        return self.keys_dir / "ca.pem" if self.tls else None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        cmd = [
+            str(RUN_SH),
+            "--port", str(self.port),
+            "--issuer", self.issuer,
+            "--audience", self.audience,
+            "--method", self.method,
+            "--keys", str(self.keys_dir),
+            "--runtime-dir", str(self.runtime_dir),
+            "--publish-claim", self.publish_claim or "",
+            "--subscribe-claim", self.subscribe_claim or "",
+        ]  # fmt: skip
+        if self.second_public_key is not None:
+            cmd += ["--second-key", str(self.second_public_key)]
+        for template in self.publish_templates:
+            cmd += ["--publish-template", template]
+        for template in self.subscribe_templates:
+            cmd += ["--subscribe-template", template]
+        if self.tls:
+            cmd.append("--tls")
+        if self.verbose:
+            cmd.append("--verbose")
+        return cmd
+
+    def start(self) -> LocalBroker:
+        # A free port can be taken between our probe and mosquitto's bind: try a few.
+        last_error: BrokerStartError | None = None
+        for _attempt in range(3):
+            self.port = free_port()
+            try:
+                self._start_once()
+                return self
+            except BrokerStartError as exc:
+                last_error = exc
+                self.stop()
+        assert last_error is not None
+        raise last_error
+
+    def _start_once(self) -> None:
+        self.keys_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        try:
+            self._process = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise BrokerStartError(
+                    f"broker exited with {self._process.returncode}:\n" + "\n".join(self.log_lines()[-20:])
+                )
+            if self._listening():
+                return
+            time.sleep(0.02)
+        raise BrokerStartError(
+            f"broker not listening on {self.port} after {self.start_timeout}s:\n"
+            + "\n".join(self.log_lines()[-20:])
+        )
+
+    def _listening(self) -> bool:
+        # The listener line shows our port is mosquitto's, not someone else's on a reused port.
+        if not any(f"listen socket on port {self.port}." in line for line in self.log_lines()):
+            return False
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def log_lines(self) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def wait_for_log(self, needle: str, timeout: float = 5.0) -> str:
+        """The first log line containing `needle`, waiting for it up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log_lines():
+                if needle in line:
+                    return line
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no broker log line containing {needle!r} within {timeout}s")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.stop()
+        with contextlib.suppress(OSError):
+            self._own_dir.cleanup()
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+__all__ = ["BrokerStartError", "LocalBroker", "build_plugin", "free_port"]
