@@ -11,8 +11,16 @@ from pathlib import Path
 
 
 class GatewayProcess:
-    def __init__(self, args: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        module: str = "gateway.cli",
+    ):
         self.args = list(args)
+        self.module = module
         self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
         self.stdout: list[str] = []
@@ -25,7 +33,7 @@ class GatewayProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway.cli",
+            self.module,
             *self.args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
