@@ -274,8 +274,11 @@ async def test_killed_ten_times_under_load_every_committed_message_arrives(
 
         # One more start delivers what the last kill left behind; then a clean stop.
         process = await gateway(config, broker).start()
+        before = len(sub.arrivals)
         await sub.wait_for(
-            lambda: committed <= set(sub.seqs), 60, "every committed message arrived after the restarts"
+            lambda: committed <= set(sub.seqs) and len(sub.arrivals) > before + 50,
+            60,
+            "every committed message arrived after the restarts",
         )
         process.signal(signal.SIGTERM)
         assert await process.wait(timeout=15) == 0
