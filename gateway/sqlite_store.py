@@ -398,6 +398,7 @@ class SqliteStore:
         self._link_up = False
         #: Writes failed (disk full): messages stay in memory until a retry succeeds.
         self._write_failed: str | None = None
+        self._open_failed = False
         self._retry_at = 0.0
         self._next_id = 1
         self._next_seq = 1
@@ -512,6 +513,7 @@ class SqliteStore:
         await waiter
 
     def _degrade_at_open(self, why: str) -> None:
+        self._open_failed = True
         log.error(
             "STORE UNAVAILABLE: cannot use %s (%s); running with messages in MEMORY ONLY - they are lost on"
             " restart. Fix the state directory and restart fieldgate.",
@@ -687,7 +689,7 @@ class SqliteStore:
             oldest_timestamp=min(candidates, default=None),
             disk_messages=self._disk_rows,
             disk_bytes=self._file_bytes,
-            degraded=not self.durable,
+            degraded=self._open_failed or self._write_failed is not None,
         )
 
     # -- internals: lanes ------------------------------------------------------------------------------
