@@ -602,6 +602,8 @@ class SqliteStore:
             elif self._awaiting or message.seq >= self._seq_persisted:
                 # Keep order behind what waits for its commit; and never send a number not yet reserved.
                 self._awaiting.append(entry)
+                if self._pending_since is None:
+                    self._pending_since = time.monotonic()
             else:
                 self._to_tail(entry)
         elif self._awaiting:
