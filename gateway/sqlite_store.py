@@ -76,6 +76,41 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) W
 _SIZE = "length(CAST(topic AS BLOB)) + length(payload) + length(CAST(device AS BLOB))"
 
 
+# Few statements per job, each doing many rows: the sqlite3 module releases the GIL around every step
+# (each inserted, deleted or fetched row), and when the event loop is busy each re-acquisition can wait
+# a whole switch interval (5 ms). A multi-row INSERT, a DELETE ... IN (...) and a read-back folded into
+# one aggregated row keep a job to a handful of GIL hand-overs, whatever its size.
+_INSERT = "INSERT INTO messages (id, seq, ts, qos, device, topic, payload) VALUES "
+#: Rows per INSERT and ids per DELETE: within SQLite's 999 bound parameters (older builds).
+_INSERT_ROWS = 999 // 7
+_DELETE_IDS = 999
+_READ = (
+    "SELECT group_concat(r, ';') FROM (SELECT id || ' ' || seq || ' ' || printf('%.6f', ts) || ' ' || qos"
+    " || ' ' || hex(CAST(device AS BLOB)) || ' ' || hex(CAST(topic AS BLOB)) || ' ' || hex(payload) AS r"
+    " FROM messages WHERE id >= ? AND id < ? ORDER BY id LIMIT ?)"
+)
+
+
+def _read_rows(db: sqlite3.Connection, span: tuple[int, int], limit: int) -> list[_Entry]:
+    """Up to ``limit`` rows of the range, oldest first, fetched as one row (see above)."""
+    text = db.execute(_READ, (*span, limit)).fetchone()[0]
+    entries = []
+    for record in text.split(";") if text else ():
+        row_id, seq, ts, qos, device, topic, payload = record.split(" ")
+        message = Message(
+            topic=bytes.fromhex(topic).decode(),
+            payload=bytes.fromhex(payload),
+            qos=int(qos),
+            seq=int(seq),
+            timestamp=float(ts),
+            device=bytes.fromhex(device).decode(),
+        )
+        entries.append(_Entry(int(row_id), message, row_size(message), durable=True))
+    # group_concat does not promise its input order.
+    entries.sort(key=lambda e: e.id)
+    return entries
+
+
 def row_size(message: Message) -> int:
     return len(message.topic.encode()) + len(message.payload) + len(message.device.encode()) + ROW_OVERHEAD
 
@@ -235,15 +270,9 @@ class DiskQueue:
                 cursor = _GapCursor(job.gap)
         wanted = job.load
         while wanted > 0 and (span := cursor.next_range()) is not None:
-            rows = db.execute(
-                "SELECT id, seq, ts, qos, device, topic, payload FROM messages"
-                " WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
-                (*span, wanted),
-            ).fetchall()
-            for row_id, seq, ts, qos, device, topic, payload in rows:
-                message = Message(topic=topic, payload=payload, qos=qos, seq=seq, timestamp=ts, device=device)
-                result.rows.append(_Entry(row_id, message, row_size(message), durable=True))
-            cursor.advance(rows[-1][0] + 1 if len(rows) == wanted else None)
+            rows = _read_rows(db, span, wanted)
+            result.rows.extend(rows)
+            cursor.advance(rows[-1].id + 1 if len(rows) == wanted else None)
             wanted -= len(rows)
         cursor.into(result)
         while (span := cursor.next_range()) is not None:
@@ -259,18 +288,16 @@ class DiskQueue:
 
     def _write(self, db: sqlite3.Connection, job: _Job, result: _JobResult, cursor: _GapCursor) -> None:
         db.execute("BEGIN")
-        if job.inserts:
-            db.executemany(
-                "INSERT INTO messages (id, seq, ts, qos, device, topic, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (e.id, e.message.seq, e.message.timestamp, e.message.qos, e.message.device,
-                     e.message.topic, e.message.payload)
-                    for e in job.inserts
-                ],
-            )  # fmt: skip
-        if job.deletes:
-            db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in job.deletes])
+        for start in range(0, len(job.inserts), _INSERT_ROWS):
+            chunk = job.inserts[start : start + _INSERT_ROWS]
+            params: list[object] = []
+            for e in chunk:
+                m = e.message
+                params += (e.id, m.seq, m.timestamp, m.qos, m.device, m.topic, m.payload)
+            db.execute(_INSERT + ",".join(["(?,?,?,?,?,?,?)"] * len(chunk)), params)
+        for start in range(0, len(job.deletes), _DELETE_IDS):
+            ids = job.deletes[start : start + _DELETE_IDS]
+            db.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(ids))})", ids)
         wanted = job.gap_drops
         while wanted > 0 and (span := cursor.next_range()) is not None:
             count, size, last = db.execute(
@@ -978,8 +1005,10 @@ class SqliteStore:
         if self._head:
             self._ready.set()
         # Committed (or, when writing failed, kept in memory): the awaiting messages may be sent.
-        while self._awaiting and self._awaiting[0].id <= release_upto:
+        while self._awaiting:
             entry = self._awaiting[0]
+            if entry.durable and entry.id > release_upto:
+                break  # its row is in the next commit
             if self._write_failed is None and entry.message.seq >= self._seq_persisted:
                 break
             self._to_tail(self._awaiting.popleft())
