@@ -172,7 +172,11 @@ class MemoryStore:
         message = self._in_flight.pop(message_id, None)
         if message is not None:
             self.released += 1
-            self._waiting.appendleft((message_id, message))
+            # Back in id order: a lost window is released oldest first and must be resent that way.
+            index = 0
+            while index < len(self._waiting) and self._waiting[index][0] < message_id:
+                index += 1
+            self._waiting.insert(index, (message_id, message))
             self._ready.set()
 
     def _check_idle(self) -> None:

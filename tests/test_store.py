@@ -19,6 +19,7 @@ import pytest
 from gateway.config.model import StoreSettings
 from gateway.model import Message
 from gateway.sqlite_store import DB_NAME, SEQ_BLOCK, SqliteStore
+from gateway.store import MemoryStore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -386,3 +387,17 @@ def test_a_full_disk_degrades_to_memory_without_crashing_and_recovers(tmp_path: 
     assert result.stdout.split("\n")[:3] == ["degraded True", "recovered True", "sent True"]
     assert "STORE CANNOT WRITE" in result.stderr
     assert "writing works again" in result.stderr
+
+
+async def test_messages_lost_in_flight_are_resent_oldest_first_by_both_stores(state_dir: Path) -> None:
+    memory = MemoryStore(100)
+    async with Running(state_dir, settings()) as sqlite:
+        for store in (memory, sqlite):
+            for seq in range(1, 6):
+                store.append(message(seq))
+            taken = [await store.take() for _ in range(3)]
+            # The connection drops: the uplink reports the window lost, oldest first.
+            for message_id, _ in taken:
+                store.release(message_id)
+            resent = [(await store.take())[1].seq for _ in range(5)]
+            assert resent == [1, 2, 3, 4, 5], type(store).__name__

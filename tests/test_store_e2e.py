@@ -168,6 +168,9 @@ class Gate:
                 pass
             finally:
                 dst.close()
+                # Both directions end together (a cut drops the whole connection).
+                for other in (writer, up_writer):
+                    other.close()
 
         for task in (
             asyncio.create_task(pipe(reader, up_writer)),
@@ -176,11 +179,21 @@ class Gate:
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
+    def cut(self) -> None:
+        """Close the gate and drop the connections through it (as a dead broker or link would)."""
+        self.open = False
+        for task in list(self._pipes):
+            task.cancel()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._pipes):
-            task.cancel()
+        self.cut()
+
+
+def quiet(sub: Subscriber, seconds: float):  # type: ignore[no-untyped-def]
+    """True once nothing has arrived for ``seconds``."""
+    return lambda: not sub.arrivals or time.time() - sub.arrivals[-1].at > seconds
 
 
 # -- the gateway process ---------------------------------------------------------------------------------
@@ -320,7 +333,11 @@ async def test_broker_stopped_under_load_nothing_is_lost_and_fresh_readings_flow
         process = await gateway(config, broker, port=gate.port).start()
         await sub.wait_for(lambda: len(sub.arrivals) > 200, 20, "delivery before the outage")
 
-        gate.open = False
+        # The gateway loses the broker first; the broker stops once the subscriber has everything the
+        # broker accepted (mosquitto keeps nothing across its own restart here, and what it had
+        # acknowledged and not yet forwarded would be lost to the witness, not by the gateway).
+        gate.cut()
+        await sub.wait_for(quiet(sub, 1.0), 10, "the subscriber has what the broker accepted")
         broker.stop()
         await asyncio.sleep(outage)  # the outage itself, under load
         restart_on_same_port(broker)
@@ -363,8 +380,12 @@ async def test_broker_stopped_under_load_nothing_is_lost_and_fresh_readings_flow
         f" delivered meanwhile; {sum(n - 1 for n in received.values() if n > 1)} duplicates"
     )
     assert backlog >= outage * 200 * 0.8
-    assert len(fresh_during_drain) >= drain_seconds * 200 * 0.3
-    assert max(a.at - a.ts for a in fresh_during_drain) < 5.0
+    # A fresh reading never waits behind the backlog: it arrives within a few seconds of its sampling...
+    fresh = [a for a in arrivals if a.ts > reconnected_at]
+    assert max(a.at - a.ts for a in fresh) < 3.0
+    # ... and while a long backlog drains, fresh readings flow at a good part of their rate.
+    if drain_seconds > 1.0:
+        assert len(fresh_during_drain) >= (drain_seconds - 0.5) * 200 * 0.3
     assert not any("Traceback" in line for line in process.stderr), process.stderr[-20:]
 
 
