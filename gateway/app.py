@@ -29,7 +29,7 @@ from gateway.pipeline import (
 )
 from gateway.router import Router
 from gateway.status import uplink_status
-from gateway.store import MemoryStore
+from gateway.store import MemoryStore, Store, make_store
 
 log = logging.getLogger("fieldgate.app")
 
@@ -45,12 +45,12 @@ class _Running:
 
 
 class Gateway:
-    def __init__(self, config: Config, sink: MessageSink) -> None:
+    def __init__(self, config: Config, sink: MessageSink, store: Store | None = None) -> None:
         self.config = config
         self.sink = sink
         self.readings = ReadingQueue(config.telemetry.reading_queue)
         self.router = Router(config.gateway.id, config.gateway.site, config.routes, config.telemetry.qos)
-        self.store = MemoryStore(config.store.max_messages, config.store.overflow)
+        self.store = store if store is not None else make_store(config.store, config.gateway.state_dir)
         self.pump_counters = PumpCounters()
         self.started_at = time.time()
         self.reloads = 0
@@ -104,9 +104,13 @@ class Gateway:
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_signal_handler(signal.SIGINT, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        await self.store.open()
+        # Numbering continues where the last run stopped (the store persists it).
+        self.router.next_seq = max(self.router.next_seq, self.store.next_seq)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                store_task = tg.create_task(self.store.run(), name="store")
                 sink_task = tg.create_task(self.sink.run(), name="uplink")
                 router_task = tg.create_task(
                     route_forever(self.readings, self.router, self.store), name="router"
@@ -135,15 +139,17 @@ class Gateway:
                 if flushed:
                     log.debug("routed %d queued poll cycles on shutdown", flushed)
                 await self._drain()
-                for task in (pump_task, sink_task, *helpers):
+                for task in (pump_task, sink_task, store_task, *helpers):
                     task.cancel()
         finally:
             self._tg = None
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+            # Durable stores write what is undelivered; the memory store says what it loses.
+            await self.store.close()
         left = len(self.store)
-        if left:
+        if left and isinstance(self.store, MemoryStore):
             log.warning("stopped with %d messages not delivered (the memory store does not keep them)", left)
         log.info("stopped")
 
@@ -282,6 +288,9 @@ class Gateway:
             f"store {store.depth}/{self.store.max_messages}",
             f"in flight {store.in_flight}",
             f"dropped {store.dropped}",
+            f"oldest {_age(store.oldest_timestamp)}",
+            f"on disk {store.disk_messages} ({store.disk_bytes / 1e6:.1f} MB)"
+            + (" MEMORY ONLY" if store.degraded else ""),
         ]
         uplink = uplink_status(self.sink)
         if uplink.kind == "mqtt":
@@ -300,3 +309,9 @@ class Gateway:
         errors = {name: c.bad for name, c in sorted(self.readings.devices.items()) if c.bad}
         parts.append("errors: " + (", ".join(f"{k}={v}" for k, v in errors.items()) if errors else "none"))
         return ", ".join(parts)
+
+
+def _age(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return f"{max(0.0, time.time() - timestamp):.0f}s"

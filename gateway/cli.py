@@ -241,7 +241,13 @@ async def _run(config: Config, *, dry_run: bool, duration: float | None) -> int:
     from gateway.app import Gateway
     from gateway.service import run_service
 
-    gateway = Gateway(config, make_sink(config, dry_run=dry_run))
+    store = None
+    if dry_run:
+        from gateway.store import MemoryStore
+
+        # A dry run must not touch (or replay) the state directory's queue.
+        store = MemoryStore(config.store.max_messages, config.store.overflow)
+    gateway = Gateway(config, make_sink(config, dry_run=dry_run), store)
     timer = None
     if duration is not None:
         timer = asyncio.get_running_loop().call_later(duration, gateway.stop)

@@ -114,6 +114,19 @@ class SnapshotCollector:
         yield counter(
             "fieldgate_store_dropped", "Messages dropped by the store's overflow policy", p.store_dropped
         )
+        yield gauge("fieldgate_store_disk_messages", "Messages in the store's file", p.store_disk_messages)
+        yield gauge(
+            "fieldgate_store_disk_bytes", "Bytes of the store's file (with its WAL)", p.store_disk_bytes
+        )
+        yield gauge(
+            "fieldgate_store_degraded", "1 while the store keeps messages in memory only", p.store_degraded
+        )
+        if p.store_oldest is not None:
+            yield gauge(
+                "fieldgate_store_oldest_timestamp_seconds",
+                "Sampling time of the oldest waiting message",
+                p.store_oldest,
+            )
 
         if snap.commands:
             commands = CounterMetricFamily(

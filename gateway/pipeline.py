@@ -18,7 +18,7 @@ from typing import Protocol, TextIO
 
 from gateway.model import Message, PublishOutcome, PublishResult, Quality, Reading
 from gateway.router import Router
-from gateway.store import MemoryStore
+from gateway.store import Store
 
 log = logging.getLogger("fieldgate.pipeline")
 
@@ -106,7 +106,7 @@ class ReadingQueue:
         return self._cycles.popleft() if self._cycles else None
 
 
-async def route_forever(queue: ReadingQueue, router: Router, store: MemoryStore) -> None:
+async def route_forever(queue: ReadingQueue, router: Router, store: Store) -> None:
     """The router task: poll cycles in, messages into the store."""
     while True:
         readings = await queue.get()
@@ -116,7 +116,7 @@ async def route_forever(queue: ReadingQueue, router: Router, store: MemoryStore)
         await asyncio.sleep(0)
 
 
-def route_pending(queue: ReadingQueue, router: Router, store: MemoryStore) -> int:
+def route_pending(queue: ReadingQueue, router: Router, store: Store) -> int:
     """Route whatever is queued now (shutdown flush). Returns the number of poll cycles routed."""
     count = 0
     while (readings := queue.get_nowait()) is not None:
@@ -133,8 +133,12 @@ class PumpCounters:
     lost: int = 0
 
 
-async def pump_forever(store: MemoryStore, sink: MessageSink, counters: PumpCounters) -> None:
-    """The store pump: oldest first into the sink; outcomes come back as acks or releases."""
+async def pump_forever(store: Store, sink: MessageSink, counters: PumpCounters) -> None:
+    """The store pump: oldest first into the sink; outcomes come back as acks or releases.
+
+    It also tells the store whether the uplink delivers (sink-agnostic: from the outcomes, and from a
+    send that has waited ``store.down_after`` seconds for room), which the store's ``outage`` mode uses.
+    """
 
     def settle(message_id: int, future: asyncio.Future[PublishResult]) -> None:
         if future.cancelled():
@@ -143,6 +147,7 @@ async def pump_forever(store: MemoryStore, sink: MessageSink, counters: PumpCoun
         result = future.result()
         if result.outcome is PublishOutcome.DELIVERED:
             counters.delivered += 1
+            store.link_up()
             store.ack(message_id)
         elif result.outcome is PublishOutcome.REFUSED:
             # Final: the sink has counted and logged it with its topic; resending cannot help.
@@ -150,16 +155,33 @@ async def pump_forever(store: MemoryStore, sink: MessageSink, counters: PumpCoun
             store.ack(message_id)
         else:
             counters.lost += 1
+            store.link_down()
             store.release(message_id)
 
-    while True:
-        message_id, message = await store.take()
-        try:
-            future = await sink.send(message)
-        except BaseException:
-            store.release(message_id)
-            raise
-        future.add_done_callback(lambda f, i=message_id: settle(i, f))  # type: ignore[misc]
+    loop = asyncio.get_running_loop()
+    sending_since: float | None = None
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(min(1.0, store.down_after / 2))
+            if sending_since is not None and loop.time() - sending_since >= store.down_after:
+                store.link_down()
+
+    watcher = asyncio.create_task(watch(), name="store.link-watch")
+    try:
+        while True:
+            message_id, message = await store.take()
+            sending_since = loop.time()
+            try:
+                future = await sink.send(message)
+            except BaseException:
+                store.release(message_id)
+                raise
+            finally:
+                sending_since = None
+            future.add_done_callback(lambda f, i=message_id: settle(i, f))  # type: ignore[misc]
+    finally:
+        watcher.cancel()
 
 
 class DryRunSink:

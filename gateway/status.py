@@ -73,6 +73,10 @@ class PipelineStatus:
     store_in_flight: int = 0
     store_dropped: int = 0
     store_oldest: float | None = None
+    store_disk_messages: int = 0
+    store_disk_bytes: int = 0
+    #: The durable store could not use its file and keeps messages in memory only.
+    store_degraded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +239,9 @@ def take_snapshot(
             store_in_flight=store.in_flight,
             store_dropped=store.dropped,
             store_oldest=store.oldest_timestamp,
+            store_disk_messages=store.disk_messages,
+            store_disk_bytes=store.disk_bytes,
+            store_degraded=store.degraded,
         ),
         devices=devices,
         stuck=stuck,
@@ -316,6 +323,11 @@ def format_status(snap: Snapshot, now: float, out: TextIO) -> None:
     out.write(
         f"  reading queue {p.reading_queue}/{p.reading_queue_max} (dropped {p.reading_queue_dropped}), "
         f"store {p.store_depth}/{p.store_max} (in flight {p.store_in_flight}, dropped {p.store_dropped})\n"
+    )
+    oldest = f", oldest {time.time() - p.store_oldest:.0f}s" if p.store_oldest is not None else ""
+    degraded = " - MEMORY ONLY: the store file is unusable" if p.store_degraded else ""
+    out.write(
+        f"  on disk {p.store_disk_messages} messages ({p.store_disk_bytes / 1e6:.1f} MB){oldest}{degraded}\n"
     )
     if snap.commands:
         c = snap.commands

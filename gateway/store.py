@@ -6,8 +6,9 @@ once per overflow episode. A message handed to the uplink stays "in flight" unti
 delivered or refused messages are removed (``ack``), lost ones go back to the head of the queue
 (``release``) and are sent again, oldest first.
 
-This store lives in memory: what it holds is lost when the process stops. A durable SQLite store with
-the same interface is the store-and-forward issue's work.
+``MemoryStore`` lives in memory: what it holds is lost when the process stops (dry runs, tests, and
+``[store] kind = "memory"``). ``SqliteStore`` (gateway/sqlite_store.py) has the same interface and keeps
+messages in a SQLite file until the broker has acknowledged them; ``make_store`` picks one from the config.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
+from gateway.config.model import StoreSettings
 from gateway.model import Message
 
 log = logging.getLogger("fieldgate.store")
@@ -31,9 +35,63 @@ class StoreStats:
     released: int
     dropped: int
     oldest_timestamp: float | None
+    #: Messages whose copy is on disk (written, or queued for the next commit); 0 for the memory store.
+    disk_messages: int = 0
+    #: Size of the store's files (database and write-ahead log).
+    disk_bytes: int = 0
+    #: True while a durable store keeps messages in memory only (the disk cannot be written).
+    degraded: bool = False
+
+
+class Store(Protocol):
+    """What the router task, the pump and the supervisor use (MemoryStore and SqliteStore)."""
+
+    max_messages: int
+    dropped: int
+    #: The pump counts the uplink as down when a send has waited this long (seconds).
+    down_after: float
+
+    @property
+    def next_seq(self) -> int:
+        """The first sequence number the router may use (persisted by durable stores)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    async def open(self) -> None: ...
+
+    async def run(self) -> None:
+        """Background work (batched commits, reading back) until cancelled."""
+        ...
+
+    async def close(self) -> None:
+        """Keep what is undelivered (durable stores write it) and release files."""
+        ...
+
+    def append(self, message: Message) -> None: ...
+
+    async def take(self) -> tuple[int, Message]: ...
+
+    def ack(self, message_id: int) -> None: ...
+
+    def release(self, message_id: int) -> None: ...
+
+    def link_up(self) -> None:
+        """The uplink delivers again (the pump saw a DELIVERED outcome)."""
+        ...
+
+    def link_down(self) -> None:
+        """The uplink lost its connection or has accepted nothing for ``down_after`` seconds."""
+        ...
+
+    async def wait_empty(self) -> None: ...
+
+    def stats(self) -> StoreStats: ...
 
 
 class MemoryStore:
+    down_after = 5.0
+
     def __init__(self, max_messages: int, overflow: str = "drop-oldest") -> None:
         if overflow not in ("drop-oldest", "drop-newest"):
             raise ValueError(f"unknown overflow policy {overflow!r}")
@@ -50,6 +108,27 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._in_flight)
+
+    @property
+    def next_seq(self) -> int:
+        # Nothing survives a restart here, so numbering starts again at 1.
+        return 1
+
+    async def open(self) -> None:
+        return
+
+    async def run(self) -> None:
+        # Nothing to do in the background: memory needs no commits.
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        return
+
+    def link_up(self) -> None:
+        return
+
+    def link_down(self) -> None:
+        return
 
     def append(self, message: Message) -> None:
         if len(self) >= self.max_messages:
@@ -93,7 +172,11 @@ class MemoryStore:
         message = self._in_flight.pop(message_id, None)
         if message is not None:
             self.released += 1
-            self._waiting.appendleft((message_id, message))
+            # Back in id order: a lost window is released oldest first and must be resent that way.
+            index = 0
+            while index < len(self._waiting) and self._waiting[index][0] < message_id:
+                index += 1
+            self._waiting.insert(index, (message_id, message))
             self._ready.set()
 
     def _check_idle(self) -> None:
@@ -119,3 +202,12 @@ class MemoryStore:
             dropped=self.dropped,
             oldest_timestamp=oldest,
         )
+
+
+def make_store(settings: StoreSettings, state_dir: Path) -> Store:
+    """The store the config asks for: SQLite in ``state_dir`` (default) or memory."""
+    if settings.kind == "memory":
+        return MemoryStore(settings.max_messages, settings.overflow)
+    from gateway.sqlite_store import SqliteStore
+
+    return SqliteStore(settings, state_dir)

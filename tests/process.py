@@ -11,7 +11,13 @@ from pathlib import Path
 
 
 class GatewayProcess:
-    def __init__(self, args: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.args = list(args)
         self.cwd = cwd
         self.env = {**os.environ, **(env or {})}

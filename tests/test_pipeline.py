@@ -20,6 +20,9 @@ shutdown_grace = 0.2
 [telemetry]
 topic = "sites/{site}/{gateway}/{device}/telemetry"
 
+[store]
+kind = "memory"
+
 [devices.tank]
 driver = "simulated"
 interval = 0.02
@@ -110,7 +113,8 @@ async def test_a_stuck_uplink_does_not_delay_polling() -> None:
 
 
 async def test_a_full_reading_queue_drops_the_oldest_and_counts() -> None:
-    config = parse_config(CONFIG + "\n[store]\nmax_messages = 10\n", Path("memory.toml"))
+    text = CONFIG.replace('kind = "memory"', 'kind = "memory"\nmax_messages = 10')
+    config = parse_config(text, Path("memory.toml"))
     sink = CapturingSink(stuck=True)
     gateway = Gateway(config, sink)
     task = asyncio.create_task(gateway.run(install_signal_handlers=False))

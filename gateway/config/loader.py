@@ -126,8 +126,18 @@ def _qos(table: Table) -> int:
 
 def _store(table: Table) -> StoreSettings:
     result = StoreSettings(
+        kind=table.string("kind", "sqlite", choices=("sqlite", "memory")),
+        durability=table.string("durability", "always", choices=("always", "outage")),
         max_messages=table.integer("max_messages", 100_000, minimum=1, maximum=100_000_000),
+        max_disk_bytes=round(table.number("max_disk_mb", 256.0, minimum=1, maximum=1_000_000) * 1024 * 1024),
+        max_age=table.number("max_age", 7 * 24 * 3600.0, minimum=0),
         overflow=table.string("overflow", "drop-oldest", choices=("drop-oldest", "drop-newest")),
+        batch_messages=table.integer("batch_messages", 100, minimum=1, maximum=100_000),
+        batch_interval=table.number("batch_interval", 0.05, minimum=0, maximum=60),
+        memory_messages=table.integer("memory_messages", 10_000, minimum=100, maximum=10_000_000),
+        bypass_qos0=table.boolean("bypass_qos0", False),
+        replay_share=table.number("replay_share", 0.5, positive=True, maximum=1),
+        down_after=table.number("down_after", 5.0, positive=True, maximum=3600),
     )
     table.finish()
     return result

@@ -37,10 +37,33 @@ class TelemetrySettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    #: Messages held in memory between router and uplink (waiting for the broker's acknowledgement).
+    """The queue between router and uplink (``[store]``); see docs/store.md."""
+
+    #: "sqlite": durable queue in ``[gateway] state_dir``; "memory": lost on restart (dry runs, tests).
+    kind: str = "sqlite"
+    #: "always": every message is written before it is sent; "outage": memory first, written when the
+    #: uplink is down, when more than ``memory_messages`` wait, and on shutdown.
+    durability: str = "always"
+    #: Messages waiting for the broker's acknowledgement (memory and disk together).
     max_messages: int = 100_000
+    #: Bytes of queued messages on disk (topic + payload + per-row overhead).
+    max_disk_bytes: int = 256 * 1024 * 1024
+    #: Seconds after which a waiting message is dropped; 0: no age limit.
+    max_age: float = 7 * 24 * 3600.0
     #: What happens when full: the oldest message is dropped (counted, logged) - or the newest.
     overflow: str = "drop-oldest"
+    #: A write transaction is committed when this many messages wait for it ...
+    batch_messages: int = 100
+    #: ... or when the first of them has waited this many seconds.
+    batch_interval: float = 0.05
+    #: Messages kept in memory; beyond it the newest wait on disk only and are read back in order.
+    memory_messages: int = 10_000
+    #: QoS 0 messages skip the disk (they are lost on restart, as QoS 0 allows).
+    bypass_qos0: bool = False
+    #: Share of sends given to the backlog (older messages) while fresh ones wait too.
+    replay_share: float = 0.5
+    #: The uplink counts as down when it has accepted nothing for this many seconds.
+    down_after: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,9 @@ async def test_metrics_and_status_report_the_uplink_and_its_refreshes(
         assert 0 < sample(metrics, "fieldgate_token_expires_in_seconds") <= 5
         assert sample(metrics, "fieldgate_uplink_puback_total", outcome="delivered") > 10
         assert sample(metrics, "fieldgate_publish_outcomes_total", outcome="delivered") > 10
+        # The durable store (the default for `run`) works from its file in the state directory.
+        assert sample(metrics, "fieldgate_store_degraded") == 0
+        assert sample(metrics, "fieldgate_store_disk_bytes") > 0
 
         status = fieldgate("status", "--config", str(config))
         assert status.returncode == 0, status.stdout + status.stderr
