@@ -31,6 +31,7 @@ HEADER = """
 id = "gw-life"
 site = "lab"
 stats_interval = 0
+state_dir = "{state_dir}"
 """
 
 
@@ -39,17 +40,18 @@ def is_message_from(device_name: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[tuple[GatewayProcess, Path]]:
+async def running(tmp_path: Path) -> AsyncIterator[tuple[GatewayProcess, Path, str]]:
     config = tmp_path / "fieldgate.toml"
-    config.write_text(HEADER + device("alpha", 1))
+    header = HEADER.format(state_dir=tmp_path / "state")
+    config.write_text(header + device("alpha", 1))
     process = await GatewayProcess(["run", "--config", str(config), "--dry-run"]).start()
     await process.wait_for(is_message_from("alpha"))
-    yield process, config
+    yield process, config, header
     await process.kill()
 
 
-async def test_sigterm_stops_cleanly_within_seconds(running: tuple[GatewayProcess, Path]) -> None:
-    process, _ = running
+async def test_sigterm_stops_cleanly_within_seconds(running: tuple[GatewayProcess, Path, str]) -> None:
+    process, _, _ = running
     started = time.monotonic()
 
     process.signal(signal.SIGTERM)
@@ -62,10 +64,10 @@ async def test_sigterm_stops_cleanly_within_seconds(running: tuple[GatewayProces
 
 
 async def test_sighup_with_a_good_config_swaps_devices_in_the_same_process(
-    running: tuple[GatewayProcess, Path],
+    running: tuple[GatewayProcess, Path, str],
 ) -> None:
-    process, config = running
-    config.write_text(HEADER + device("beta", 2))
+    process, config, header = running
+    config.write_text(header + device("beta", 2))
 
     process.signal(signal.SIGHUP)
     await process.wait_for(
@@ -82,9 +84,9 @@ async def test_sighup_with_a_good_config_swaps_devices_in_the_same_process(
     assert process.proc is not None and process.proc.returncode is None
 
 
-async def test_sighup_with_a_bad_config_keeps_the_old_one(running: tuple[GatewayProcess, Path]) -> None:
-    process, config = running
-    config.write_text(HEADER + device("beta", 2).replace('driver = "simulated"', 'driver = "simulatd"'))
+async def test_sighup_with_a_bad_config_keeps_the_old_one(running: tuple[GatewayProcess, Path, str]) -> None:
+    process, config, header = running
+    config.write_text(header + device("beta", 2).replace('driver = "simulated"', 'driver = "simulatd"'))
 
     process.signal(signal.SIGHUP)
     await process.wait_for(

@@ -39,7 +39,8 @@ class CountingSink:
 
 
 def make_config(devices: int, points: int, interval: float) -> str:
-    parts = ['[gateway]\nid = "gw-bench"\nsite = "bench"\nstats_interval = 0\n']
+    # The memory store: this benchmark measures drivers, router and encoder (bench_store.py the store).
+    parts = ['[gateway]\nid = "gw-bench"\nsite = "bench"\nstats_interval = 0\n[store]\nkind = "memory"\n']
     for d in range(devices):
         parts.append(f'[devices.dev-{d}]\ndriver = "simulated"\ninterval = {interval}\n')
         for p in range(points):
