@@ -37,7 +37,7 @@ class TelemetrySettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """The queue between router and uplink (``[store]``); see docs/store.md."""
+    """The queue between router and uplink (``[store]``); see README.md, "Store and forward"."""
 
     #: "sqlite": durable queue in ``[gateway] state_dir``; "memory": lost on restart (dry runs, tests).
     kind: str = "sqlite"

@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 from gateway.schema import Secret, Table
 
 AUTH_METHODS = ("CUSTOM-JWT", "OAUTH2-JWT")
-#: Event Grid's limits (see docs/uplink.md).
+#: Event Grid's limits (see README.md, "The uplink").
 MAX_KEEPALIVE = 1160
 MAX_PACKET_BYTES = 524288
 MAX_SESSION_EXPIRY = 8 * 3600
