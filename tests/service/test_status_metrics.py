@@ -6,7 +6,6 @@ These runs use --dry-run; test_status_metrics_broker.py runs the same against th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import re
 import signal
@@ -15,15 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.app import Gateway
-from gateway.config import load_config
-from gateway.config.service import MetricsSettings
-from gateway.model import Message, PublishOutcome, PublishResult
-from gateway.service import run_service
-from gateway.service.notify import Notifier
 from gateway.status import (
     STATUS_FILE,
     PipelineStatus,
@@ -189,88 +181,3 @@ def test_status_without_a_status_file_says_so(tmp_path: Path) -> None:
 
     assert result.returncode == 4
     assert "no service ran with this state directory" in result.stderr
-
-
-@dataclass(frozen=True)
-class UplinkStats:
-    """The shape of ``gateway.uplink.session.UplinkStats`` (uplink branch, not merged here)."""
-
-    connected: bool
-    connected_since: float | None
-    connects: int
-    connections: int
-    refreshes_ok: int
-    refreshes_failed: int
-    published: int
-    delivered: int
-    refused: int
-    lost: int
-    token_expires_at: float | None
-    inflight: int
-
-
-class ConnectedSink:
-    """Stands in for the uplink, which this branch does not have: it delivers and counts like one."""
-
-    def __init__(self) -> None:
-        self.since = time.time()
-        self.published = 0
-
-    @property
-    def stats(self) -> UplinkStats:
-        return UplinkStats(
-            connected=True,
-            connected_since=self.since,
-            connects=1,
-            connections=1,
-            refreshes_ok=2,
-            refreshes_failed=1,
-            published=self.published,
-            delivered=self.published,
-            refused=0,
-            lost=0,
-            token_expires_at=self.since + 1800,
-            inflight=0,
-        )
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def send(self, message: Message) -> asyncio.Future[PublishResult]:
-        self.published += 1
-        future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
-        future.set_result(PublishResult(PublishOutcome.DELIVERED))
-        return future
-
-
-async def test_the_uplinks_figures_reach_status_and_metrics(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = load_config(write_config(tmp_path, SIMULATED, extra=""))
-    config = dataclasses.replace(config, metrics=MetricsSettings(enabled=True, port=port))
-    gateway = Gateway(config, ConnectedSink())
-    service = asyncio.create_task(run_service(gateway, Notifier(None)))
-    try:
-        status_file = tmp_path / "state" / STATUS_FILE
-        async with asyncio.timeout(15):
-            while not (status_file.exists() and read_status_file(status_file).uplink.published):
-                await asyncio.sleep(0.2)
-        snap = read_status_file(status_file)
-        metrics = await scrape(f"http://127.0.0.1:{port}/metrics")
-    finally:
-        gateway.stop()
-        await service
-
-    assert snap.uplink.kind == "mqtt" and snap.uplink.connected
-    assert snap.uplink.refreshes_ok == 2 and snap.uplink.refreshes_failed == 1
-    assert 1790 < (snap.token_expires_in or 0) <= 1800
-    assert sample(metrics, "fieldgate_uplink_connected") == 1
-    assert sample(metrics, "fieldgate_uplink_connects_total") == 1
-    assert sample(metrics, "fieldgate_token_refreshes_total", result="ok") == 2
-    assert sample(metrics, "fieldgate_token_refreshes_total", result="failed") == 1
-    assert 1700 < sample(metrics, "fieldgate_token_expires_in_seconds") <= 1800
-    assert sample(metrics, "fieldgate_uplink_publishes_total") >= 1
-    assert sample(metrics, "fieldgate_uplink_puback_total", outcome="delivered") >= 1
-    assert sample(metrics, "fieldgate_permission_denials_total") == 0
-    assert read_status_file(status_file).state == "stopped"
