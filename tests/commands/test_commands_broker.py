@@ -93,7 +93,7 @@ def gateway_config(broker: LocalBroker, port: str, token_file: Path) -> str:
 id = "{GATEWAY}"
 site = "{SITE}"
 stats_interval = 0
-state_dir = "{token_file.parent / 'state'}"
+state_dir = "{token_file.parent / "state"}"
 
 [uplink]
 host = "{broker.host}"

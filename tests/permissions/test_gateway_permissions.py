@@ -67,7 +67,7 @@ values = [1]
 id = "{GATEWAY}"
 site = "lab"
 stats_interval = 0
-state_dir = "{token_file.parent / 'state'}"
+state_dir = "{token_file.parent / "state"}"
 
 [uplink]
 host = "{broker.host}"
