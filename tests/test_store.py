@@ -401,3 +401,25 @@ async def test_messages_lost_in_flight_are_resent_oldest_first_by_both_stores(st
                 store.release(message_id)
             resent = [(await store.take())[1].seq for _ in range(5)]
             assert resent == [1, 2, 3, 4, 5], type(store).__name__
+
+
+async def test_when_full_the_oldest_waiting_message_goes_not_one_in_flight(state_dir: Path) -> None:
+    async with Running(state_dir, settings(max_messages=30)) as store:
+        for seq in range(1, 31):
+            store.append(message(seq))
+        await store.sync()
+        # The uplink is back: the pump has a window of the oldest out while new readings still come.
+        window = [await store.take() for _ in range(10)]
+        for seq in range(31, 34):
+            store.append(message(seq))
+        assert store.dropped == 3
+        for message_id, _ in window:
+            store.ack(message_id)
+        rest = await take_seqs(store, 20)
+
+    delivered = [m.seq for _, m in window] + rest
+    # In flight cannot be dropped: the hole is right behind the window, and every message the store
+    # accepted was delivered or counted as dropped, exactly once.
+    assert delivered == [*range(1, 11), *range(14, 34)]
+    assert len(delivered) + store.dropped == 33
+    assert rows_on_disk(state_dir) == []

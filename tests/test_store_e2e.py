@@ -444,8 +444,14 @@ async def test_bounds_drop_the_oldest_while_the_broker_is_away_and_say_how_much(
     # What waited arrives, as much as the bound holds, and it is the newest of it: the oldest went.
     assert dropped >= 1000
     assert 400 <= len(kept) <= 500
-    assert len(runs(set(kept))) == 1
     assert kept[0] > dropped - 50
+    # Every message the store accepted arrived or was counted as dropped. When the uplink comes back
+    # the pump takes a window of the oldest (in flight: those cannot be dropped) while the store is
+    # still full, so the next few waiting ones may be dropped behind that window: holes there only.
+    arrived = set(sub.seqs)
+    lost = [seq for seq in range(2, kept[-1] + 1) if seq not in arrived]
+    assert len(lost) == dropped
+    assert len([seq for seq in lost if seq > kept[0]]) <= 20
     assert len(held) <= 1
     assert "kB) were dropped" in line
 
