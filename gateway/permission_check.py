@@ -18,7 +18,7 @@ from gateway.model import Commandable
 from gateway.permission_gate import ExpectedTopic, PermissionGate
 from gateway.pipeline import MessageSink
 from gateway.router import Router
-from gateway.uplink.permissions import PermissionSet
+from gateway.uplink.permissions import Action, PermissionSet
 
 if TYPE_CHECKING:
     from gateway.uplink.session import Uplink
@@ -81,29 +81,18 @@ class TopicCheck:
     detail: str
 
 
-def check_topics(perms: PermissionSet, topics: Sequence[ExpectedTopic]) -> list[TopicCheck]:
+def check_topics(
+    perms: PermissionSet, topics: Sequence[ExpectedTopic], action: Action = "publish"
+) -> list[TopicCheck]:
+    """Whether the token grants each topic (publish) or topic filter (subscribe), and by which rule."""
+    grant_of = perms.publish_grant if action == "publish" else perms.subscribe_grant
     checks = []
     for item in topics:
-        grant = perms.publish_grant(item.topic)
+        grant = grant_of(item.topic)
         if grant is not None:
             checks.append(TopicCheck(item.label, item.topic, True, f"{grant.rule} (filter {grant.filter})"))
         else:
-            checks.append(
-                TopicCheck(item.label, item.topic, False, perms.explain_denial("publish", item.topic))
-            )
-    return checks
-
-
-def check_subscriptions(perms: PermissionSet, filters: Sequence[ExpectedTopic]) -> list[TopicCheck]:
-    checks = []
-    for item in filters:
-        grant = perms.subscribe_grant(item.topic)
-        if grant is not None:
-            checks.append(TopicCheck(item.label, item.topic, True, f"{grant.rule} (filter {grant.filter})"))
-        else:
-            checks.append(
-                TopicCheck(item.label, item.topic, False, perms.explain_denial("subscribe", item.topic))
-            )
+            checks.append(TopicCheck(item.label, item.topic, False, perms.explain_denial(action, item.topic)))
     return checks
 
 
@@ -136,7 +125,7 @@ def report_lines(
     elif checks:
         lines.append("every topic is granted")
     if subscriptions:
-        subs = check_subscriptions(perms, subscriptions)
+        subs = check_topics(perms, subscriptions, "subscribe")
         lines.append("command subscriptions of this gateway:")
         for check in subs:
             verdict = "granted" if check.granted else "NOT GRANTED"
