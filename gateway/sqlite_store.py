@@ -464,6 +464,9 @@ class SqliteStore:
         self.dropped_bytes = 0
         self.commits = 0
         self._full = _Episode(f"full ({settings.max_messages} messages)")
+        self._qos0_window = _Episode(
+            f"memory window ({settings.memory_messages} messages) full of QoS 0 messages that bypass the disk"
+        )
         self._disk_full = _Episode(f"over max_disk_mb ({settings.max_disk_bytes / 2**20:g} MiB)")
         self._aged = _Episode(f"dropping messages older than max_age ({settings.max_age:g} s)")
 
@@ -752,8 +755,20 @@ class SqliteStore:
         """Too many in memory: the newest go to disk only and come back, in order, through the gap."""
         if self._disk is None or self._write_failed is not None:
             return
-        moved = [*self._tail, *self._awaiting]
+        moved = []
+        for entry in (*self._tail, *self._awaiting):
+            if self.settings.bypass_qos0 and entry.message.qos == 0:
+                # It opted out of the disk, so it cannot wait there: dropped, and counted.
+                self._forget(entry)
+                self._count_drop(1, entry.size)
+                self._qos0_window.hit(
+                    1, entry.size, "dropping those that no longer fit in memory until the uplink catches up"
+                )
+            else:
+                moved.append(entry)
         if not moved:
+            self._tail.clear()
+            self._awaiting.clear()
             return
         for entry in moved:
             entry.cached = False
@@ -858,6 +873,8 @@ class SqliteStore:
         self.dropped_bytes += nbytes
 
     def _check_bounds_over(self) -> None:
+        if self._qos0_window.active and self._memory_count() < self.settings.memory_messages * 0.9:
+            self._qos0_window.end()
         if self._full.active and self._depth < self.max_messages * 0.9:
             self._full.end()
         if self._disk_full.active and self._disk_bytes < self.settings.max_disk_bytes * 0.9:

@@ -329,6 +329,22 @@ async def test_qos0_messages_can_bypass_the_disk(state_dir: Path) -> None:
     assert rows_on_disk(state_dir) == [2, 4, 6, 8, 10]
 
 
+async def test_qos0_messages_past_the_memory_window_are_dropped_and_counted_never_lost_silently(
+    state_dir: Path,
+) -> None:
+    """QoS 0 messages that bypass the disk cannot wait on it: past the memory window they are dropped,
+    and the drop is counted like any other. Every QoS 1 message is still delivered."""
+    async with Running(state_dir, settings(bypass_qos0=True, memory_messages=10)) as store:
+        for seq in range(1, 41):
+            store.append(message(seq, qos=0 if seq % 2 else 1))
+        await store.sync()
+        delivered = await take_seqs(store, len(store))
+
+    assert set(range(2, 41, 2)) <= set(delivered)
+    assert len(delivered) + store.stats().dropped == 40
+    assert len(store) == 0
+
+
 FULL_DISK_SCRIPT = """
 import asyncio, dataclasses, json, resource, signal, sys, time, logging
 from pathlib import Path
