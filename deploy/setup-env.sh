@@ -26,6 +26,7 @@ fi
 if [[ -x deploy/broker/install-deps.sh ]]; then
   deploy/broker/install-deps.sh >&2
 fi
+[[ -x deploy/issuer/install-deps.sh ]] && deploy/issuer/install-deps.sh >&2
 
 venv="$root/.venv"
 if [[ ! -x "$venv/bin/python" ]]; then
