@@ -20,7 +20,7 @@ uninstall=0
 purge=0
 start=1
 python=""
-example="$src/deploy/examples/simulated.toml"
+example="$src/drivers/simulated/example.toml"
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do

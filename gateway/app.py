@@ -15,21 +15,16 @@ import signal
 import time
 from dataclasses import dataclass
 
-from gateway.commands import CommandService
+from gateway.commands.service import CommandService
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
-from gateway.model import CommandTransport, Driver
-from gateway.pipeline import (
-    MessageSink,
-    PumpCounters,
-    ReadingQueue,
-    pump_forever,
-    route_forever,
-    route_pending,
-)
-from gateway.router import Router
-from gateway.status import uplink_status
-from gateway.store import MemoryStore, Store, make_store
+from gateway.model import CommandTransport, Driver, MessageSink
+from gateway.pipeline.pump import PumpCounters, pump_forever
+from gateway.pipeline.queue import ReadingQueue, route_forever, route_pending
+from gateway.pipeline.router import Router
+from gateway.service.snapshot import uplink_status
+from gateway.store import Store, make_store
+from gateway.store.memory import MemoryStore
 
 log = logging.getLogger("fieldgate.app")
 

@@ -15,17 +15,35 @@
     │   └── ValueRefused            not writable, out of range, wrong type (also a ValueError)
     ├── TokenError                  a token could not be obtained or is unusable
     └── UplinkError                 the MQTT session failed
-        ├── ConnectRefused          CONNACK with a failure reason code
-        ├── ReauthRefused           the broker refused an in-session AUTH refresh
-        ├── ConnectionLost          the connection dropped
-        └── PublishRefused          a message was refused (locally or by PUBACK)
+        └── ConnectRefused          CONNACK with a failure reason code
 
-Messages never contain secrets (tokens, keys, client secrets).
+Messages never contain secrets (tokens, keys, client secrets). :class:`ExitCode` is the one table of the
+``fieldgate`` command's exit codes.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
+
+
+class ExitCode(enum.IntEnum):
+    """What every ``fieldgate`` subcommand's exit status means (the same number means the same thing)."""
+
+    OK = 0
+    #: The command failed (a file it cannot read, a token it cannot fetch, a stuck service part).
+    FAILURE = 1
+    #: The command line was wrong (argparse's own code).
+    USAGE = 2
+    #: ``status``: the service is not running (its status file is stale or says it stopped), as systemctl.
+    NOT_RUNNING = 3
+    #: ``status``: no status file: no service ran with this state directory.
+    NO_STATUS_FILE = 4
+    #: ``check-config``, ``token``: a device, birth, will or command topic is not granted by the token.
+    NOT_GRANTED = 5
+    #: sysexits' EX_CONFIG: ``run`` refused its config. The unit's ``RestartPreventExitStatus=78`` keeps
+    #: systemd from restarting it in a loop until the file is fixed.
+    CONFIG = 78
 
 
 class FieldgateError(Exception):
@@ -109,22 +127,3 @@ class ConnectRefused(UplinkError):
     def __init__(self, reason_code: int, detail: str) -> None:
         self.reason_code = reason_code
         super().__init__(f"connection refused (0x{reason_code:02X}): {detail}")
-
-
-class ReauthRefused(UplinkError):
-    """The broker refused an in-session re-authentication (AUTH 0x19)."""
-
-
-class ConnectionLost(UplinkError):
-    """The connection to the broker dropped."""
-
-
-class PublishRefused(UplinkError):
-    """A message was not accepted: refused locally (too large, QoS 2) or by the broker's PUBACK."""
-
-    def __init__(self, topic: str, reason: str, reason_code: int | None = None) -> None:
-        self.topic = topic
-        self.reason = reason
-        self.reason_code = reason_code
-        code = f" (0x{reason_code:02X})" if reason_code is not None else ""
-        super().__init__(f"publish to {topic!r} refused{code}: {reason}")

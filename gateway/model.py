@@ -7,6 +7,7 @@ so a protocol can be added by installing a package that names its plugin in the 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,18 @@ class PublishResult:
     outcome: PublishOutcome
     reason_code: int | None = None
     reason: str = ""
+
+
+class MessageSink(Protocol):
+    """Where the pump hands messages: the uplink, or the dry-run printer."""
+
+    async def run(self) -> None:
+        """Serve until cancelled (connect, reconnect, refresh...)."""
+        ...
+
+    async def send(self, message: Message) -> asyncio.Future[PublishResult]:
+        """Wait for room (backpressure), hand the message over, return a future for its outcome."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,4 +263,4 @@ class Commandable(Protocol):
 #: Entry-point group for CLI subcommands that a package adds (e.g. ``fieldgate modbus read``). Each entry
 #: point names a ``register(subparsers)`` callable taking argparse's subparsers action; every subcommand
 #: it adds sets ``handler=<callable(argparse.Namespace) -> int>`` with ``set_defaults``.
-COMMANDS_ENTRY_POINT_GROUP = "fieldgate.commands"
+CLI_ENTRY_POINT_GROUP = "fieldgate.cli"

@@ -4,7 +4,25 @@ A real driver behind the same entry point as Modbus and serial, so the whole gat
 demonstrated and be benchmarked with no hardware.
 """
 
-from drivers.simulated.driver import SimulatedDriver
-from drivers.simulated.plugin import SimulatedPlugin, plugin
+from __future__ import annotations
 
-__all__ = ["SimulatedDriver", "SimulatedPlugin", "plugin"]
+from collections.abc import Sequence
+
+from drivers.simulated.config import SimulatedConfig, parse_device
+from drivers.simulated.driver import SimulatedDriver
+from gateway.model import Driver, DriverConfig
+from gateway.schema import Table
+
+
+class SimulatedPlugin:
+    def parse(self, section: Table | None, devices: Sequence[tuple[str, Table]]) -> SimulatedConfig:
+        if section is not None:
+            section.finish()  # the simulated driver has no driver-wide settings
+        return SimulatedConfig(tuple(parse_device(name, table) for name, table in devices))
+
+    def build(self, config: DriverConfig) -> Sequence[Driver]:
+        assert isinstance(config, SimulatedConfig)
+        return [SimulatedDriver(device) for device in config.sim_devices]
+
+
+plugin = SimulatedPlugin()

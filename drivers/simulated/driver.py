@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from gateway.model import Reading, ReadingSink
 
 if TYPE_CHECKING:
-    from drivers.simulated.plugin import SimDevice, SimPoint
+    from drivers.simulated.config import SimDevice, SimPoint
 
 log = logging.getLogger("fieldgate.drivers.simulated")
 

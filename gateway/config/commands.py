@@ -13,14 +13,12 @@
 
 from __future__ import annotations
 
-import string
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from gateway.mqtt_topics import command_template_problem, render_filter
 from gateway.schema import Table
 
-#: Placeholders a command topic may use; ``{device}`` is required (each device gets its own filter).
-COMMAND_VARIABLES = ("gateway", "site", "device", "driver")
 DEFAULT_COMMAND_TOPIC = "sites/{site}/{gateway}/{device}/commands/#"
 
 
@@ -38,53 +36,12 @@ class CommandsConfig:
         return render_filter(self.topic, gateway=gateway, site=site, device=device, driver=driver)
 
 
-def render_filter(template: str, **values: str) -> str:
-    """The topic filter of one device: placeholders filled, wildcards kept."""
-    out = []
-    for literal, name, _, _ in string.Formatter().parse(template):
-        out.append(literal)
-        if name is not None:
-            out.append(values[name])
-    return "".join(out)
-
-
-def template_problem(template: str) -> str | None:
-    """Why ``template`` cannot be a command topic, or None."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return f"malformed template: {exc}"
-    names = set()
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if spec or conversion or name not in COMMAND_VARIABLES:
-            return (
-                "unknown variable {"
-                + name
-                + "}; known: "
-                + ", ".join("{" + v + "}" for v in COMMAND_VARIABLES)
-            )
-        names.add(name)
-    if "device" not in names:
-        return "needs {device}: each device has its own command topic"
-    # Placeholder values never contain '/', '+' or '#' (names are validated), so a sample tells the shape.
-    sample = render_filter(template, gateway="g", site="s", device="d", driver="x")
-    levels = sample.split("/")
-    for i, level in enumerate(levels):
-        if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
-            return "'+' and '#' must fill a whole level, '#' only as the last one"
-    if sample.startswith("/") or sample.startswith("$") or "" in levels[:-1] or not sample:
-        return "a command topic must not start with '/' or '$' nor contain empty levels"
-    return None
-
-
 def parse_commands(table: Table | None, device_names: Collection[str]) -> CommandsConfig | None:
     """``[commands]``, or None when the section is absent (no commands are taken)."""
     if table is None:
         return None
     topic = table.string("topic", DEFAULT_COMMAND_TOPIC)
-    why = template_problem(topic)
+    why = command_template_problem(topic)
     if why is not None:
         table.problem("topic", why, topic)
         topic = DEFAULT_COMMAND_TOPIC

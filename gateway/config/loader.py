@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway.config.commands import parse_commands
 from gateway.config.model import (
+    DEFAULT_STATE_DIR,
     Config,
     DeviceRoute,
     DriverSetup,
@@ -22,9 +23,9 @@ from gateway.config.model import (
 from gateway.config.service import parse_metrics
 from gateway.config.uplink import UplinkConfig, parse_uplink
 from gateway.errors import ConfigError
+from gateway.mqtt_topics import TemplateError, TopicTemplate, compile_template
 from gateway.registry import available_drivers, load_driver
 from gateway.schema import NAME_PATTERN, NAME_WHY, Problems, Table
-from gateway.topics import TemplateError, TopicTemplate, compile_template
 
 DEFAULT_TOPIC = "sites/{site}/{gateway}/{device}/telemetry"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -84,7 +85,7 @@ def _gateway(table: Table | None, problems: Problems) -> GatewaySettings:
         log_level=table.string("log_level", "info", choices=LOG_LEVELS),
         log_format=table.string("log_format", "text", choices=("text", "json", "journal")),
         stats_interval=table.number("stats_interval", 60.0, minimum=0),
-        state_dir=table.path("state_dir", must_exist=False) or Path("/var/lib/fieldgate"),
+        state_dir=table.path("state_dir", must_exist=False) or DEFAULT_STATE_DIR,
         shutdown_grace=table.number("shutdown_grace", 5.0, minimum=0, maximum=300),
     )
     table.finish()

@@ -9,7 +9,10 @@ from gateway.config.commands import CommandsConfig
 from gateway.config.service import MetricsSettings
 from gateway.config.uplink import UplinkConfig
 from gateway.model import DeviceInfo, DriverConfig, DriverPlugin
-from gateway.topics import TopicTemplate
+from gateway.mqtt_topics import TopicTemplate
+
+#: Where the service keeps its queue and status file (systemd's StateDirectory=fieldgate).
+DEFAULT_STATE_DIR = Path("/var/lib/fieldgate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +23,7 @@ class GatewaySettings:
     log_format: str = "text"
     #: Seconds between stats lines; 0 turns them off.
     stats_interval: float = 60.0
-    state_dir: Path = Path("/var/lib/fieldgate")
+    state_dir: Path = DEFAULT_STATE_DIR
     #: How long shutdown may spend flushing readings and waiting for acknowledgements.
     shutdown_grace: float = 5.0
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from gateway.config.permissions import PermissionsConfig, parse_permissions
 from gateway.schema import Secret, Table
 
 AUTH_METHODS = ("CUSTOM-JWT", "OAUTH2-JWT")
@@ -124,23 +125,6 @@ TokenConfig = SignerTokenConfig | FileTokenConfig | AzureTokenConfig | OAuth2Tok
 
 
 @dataclass(frozen=True, slots=True)
-class PermissionsConfig:
-    """``[uplink.permissions]``: how the broker grants topics from the token, so the gateway can check first.
-
-    Templates use Event Grid's syntax (``${client.authenticationName}``, ``${client.attributes.<claim>}``);
-    the claims list MQTT topic filters directly ("" in the file: not used). The model is in
-    :mod:`gateway.uplink.permissions`.
-    """
-
-    publish_templates: tuple[str, ...] = ()
-    subscribe_templates: tuple[str, ...] = ()
-    publish_claim: str | None = "publish_topics"
-    subscribe_claim: str | None = "subscribe_topics"
-    #: A message whose topic is not granted: ``drop`` (counted) or ``hold`` (kept until a token grants it).
-    denied: Literal["drop", "hold"] = "drop"
-
-
-@dataclass(frozen=True, slots=True)
 class RefreshConfig:
     """In-session re-authentication (AUTH 0x19) before the token expires."""
 
@@ -201,11 +185,6 @@ class UplinkConfig:
 
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-
-
-def fill_template(template: str, *, gateway: str, site: str) -> str:
-    """Replace ``{gateway}`` and ``{site}``; other braces (e.g. JSON in a payload) are left alone."""
-    return template.replace("{gateway}", gateway).replace("{site}", site)
 
 
 def _parse_status(table: Table, *, will: bool) -> StatusMessageConfig:
@@ -328,33 +307,6 @@ def _parse_oauth2(table: Table) -> OAuth2TokenConfig:
     )
 
 
-def _parse_permissions(table: Table) -> PermissionsConfig:
-    # The template grammar lives with the permission model (one definition for config and runtime);
-    # imported here because gateway.uplink's package imports this module.
-    from gateway.uplink.permissions import template_problem
-
-    templates: dict[str, tuple[str, ...]] = {}
-    for key in ("publish", "subscribe"):
-        templates[key] = table.strings(key)
-        for i, template in enumerate(templates[key]):
-            problem = template_problem(template)
-            if problem is not None:
-                table.problems.add(f"{table.here(key)}[{i}]", problem, template)
-    claims: dict[str, str | None] = {}
-    for key in ("publish_claim", "subscribe_claim"):
-        name = table.string(key, f"{key.split('_')[0]}_topics")
-        claims[key] = name or None
-    denied = table.string("denied", "drop", choices=("drop", "hold"))
-    table.finish()
-    return PermissionsConfig(
-        publish_templates=templates["publish"],
-        subscribe_templates=templates["subscribe"],
-        publish_claim=claims["publish_claim"],
-        subscribe_claim=claims["subscribe_claim"],
-        denied="hold" if denied == "hold" else "drop",
-    )
-
-
 def _parse_token(table: Table, *, default_subject: str) -> TokenConfig:
     source = table.string("source", choices=("signer", "file", "azure", "oauth2"))
     token: TokenConfig
@@ -445,7 +397,7 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
     will_table = table.table("will")
     will = _parse_status(will_table, will=True) if will_table is not None else None
     permissions_table = table.table("permissions")
-    permissions = _parse_permissions(permissions_table) if permissions_table is not None else None
+    permissions = parse_permissions(permissions_table) if permissions_table is not None else None
 
     token_table = table.table("token", required=True)
     token: TokenConfig

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.logs import flush_suppressed
+from gateway.service.logs import flush_suppressed
 from gateway.service.notify import Notifier
+from gateway.service.snapshot import STATUS_FILE, STATUS_INTERVAL, Snapshot, take_snapshot, write_status_file
 from gateway.service.watchdog import Liveness, describe
-from gateway.status import STATUS_FILE, STATUS_INTERVAL, Snapshot, take_snapshot, write_status_file
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

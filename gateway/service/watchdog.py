@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.model import Driver, Heartbeat
-from gateway.pipeline import ReadingQueue
-from gateway.router import Router
+from gateway.pipeline.queue import ReadingQueue
+from gateway.pipeline.router import Router
 from gateway.store import StoreStats
 
 #: The router only computes: 15 s without routing a queued poll cycle is far beyond any honest delay.

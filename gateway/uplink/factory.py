@@ -1,11 +1,15 @@
-"""Builds the uplink the pipeline sends to, from the parsed config (the only place that wires it)."""
+"""Builds the uplink the pipeline sends to, from the parsed config: the session, its token source and,
+with ``[uplink.permissions]``, the permission gate in front of it (the only place that wires them)."""
 
 from __future__ import annotations
 
 from gateway.auth import make_token_source
 from gateway.config import Config
-from gateway.permission_check import guard_uplink
-from gateway.pipeline import MessageSink
+from gateway.config.uplink import UplinkConfig
+from gateway.model import MessageSink
+from gateway.permissions.gate import PermissionGate
+from gateway.permissions.report import device_topics
+from gateway.permissions.tracker import track_permissions
 from gateway.uplink.session import Uplink
 
 
@@ -16,3 +20,17 @@ def make_uplink(config: Config) -> MessageSink:
         raise TypeError("make_uplink needs a config with [uplink]")
     uplink = Uplink(cfg, make_token_source(cfg.token), gateway_id=config.gateway.id, site=config.gateway.site)
     return guard_uplink(config, uplink)
+
+
+def guard_uplink(config: Config, uplink: Uplink) -> MessageSink:
+    """What the pump should send to: the uplink behind a :class:`PermissionGate` when the config has
+    ``[uplink.permissions]`` (the tracker fed by the uplink's tokens and refusals), else the uplink."""
+    cfg = config.uplink
+    if not isinstance(cfg, UplinkConfig) or cfg.permissions is None:
+        return uplink
+    tracker = track_permissions(uplink, cfg.permissions)
+    # Held messages stay in the store (taken, not acknowledged): at most half of it, so they cannot
+    # starve the topics that are granted.
+    return PermissionGate(
+        uplink, tracker, device_topics(config), max_held=max(1, config.store.max_messages // 2)
+    )

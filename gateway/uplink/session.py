@@ -39,11 +39,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.auth.token import Token, TokenSource
-from gateway.config.uplink import RefreshConfig, StatusMessageConfig, UplinkConfig, fill_template
+from gateway.config.uplink import RefreshConfig, StatusMessageConfig, UplinkConfig
 from gateway.errors import ConnectRefused, TokenError, UplinkError
 
 # The outcome types are the core's, so the pipeline's pump understands the uplink's answers.
 from gateway.model import InboundHandler, InboundMessage, Message, PublishOutcome, PublishResult
+from gateway.mqtt_topics import fill_template, topic_matches, valid_filter
 from gateway.uplink.mqtt_auth import (
     AuthClient,
     AuthOutcome,
@@ -52,7 +53,6 @@ from gateway.uplink.mqtt_auth import (
     paho_logger,
     reason_name,
 )
-from gateway.uplink.permissions import topic_matches, valid_filter
 
 log = logging.getLogger("fieldgate.uplink")
 

@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 from gateway.auth.token import Token
 from gateway.config.model import DeviceRoute
-from gateway.config.uplink import PermissionsConfig
+from gateway.config.permissions import PermissionsConfig
 from gateway.model import DeviceInfo, PointInfo, Reading
-from gateway.router import Router
-from gateway.topics import compile_template
-from gateway.uplink.permission_state import PermissionTracker
-from gateway.uplink.permissions import PermissionSet
+from gateway.mqtt_topics import compile_template
+from gateway.permissions.grants import PermissionSet
+from gateway.permissions.tracker import PermissionTracker
+from gateway.pipeline.router import Router
 
 
 def per_call(fn: Callable[[int], object], rounds: int) -> float:

@@ -28,9 +28,10 @@ from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.config.model import StoreSettings
 from gateway.model import Message, PublishOutcome, PublishResult
-from gateway.pipeline import PumpCounters, pump_forever
-from gateway.sqlite_store import SqliteStore
-from gateway.store import MemoryStore, Store
+from gateway.pipeline.pump import PumpCounters, pump_forever
+from gateway.store import Store
+from gateway.store.memory import MemoryStore
+from gateway.store.sqlite import SqliteStore
 
 
 class CountingSink:

@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.commands import (
-    CommandService,
+from gateway.commands.parse import (
     Malformed,
     ReadPoints,
     SendCommand,
@@ -24,8 +23,10 @@ from gateway.commands import (
     parse_command,
     response_payload,
 )
-from gateway.config.commands import CommandsConfig, render_filter, template_problem
+from gateway.commands.service import CommandService
+from gateway.config.commands import CommandsConfig
 from gateway.model import DeviceInfo, InboundHandler, InboundMessage, PublishOutcome, PublishResult
+from gateway.mqtt_topics import command_template_problem, render_filter
 
 LIMIT = 4096
 
@@ -221,7 +222,7 @@ def test_a_command_whose_message_expiry_already_passed_is_refused() -> None:
 
 
 def test_response_json_shapes() -> None:
-    from gateway.commands import Outcome, Request
+    from gateway.commands.parse import Outcome, Request
     from gateway.model import Reading
 
     back = Reading("plc", "sp", 21.5, "degC", 1700000000.1234)
@@ -256,7 +257,7 @@ def test_response_json_shapes() -> None:
     ],
 )
 def test_command_topic_templates(template: str, problem: str | None) -> None:
-    found = template_problem(template)
+    found = command_template_problem(template)
     if problem is None:
         assert found is None
     else:

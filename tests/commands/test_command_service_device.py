@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from drivers.modbus.driver import ModbusLinkDriver, build_drivers
-from gateway.commands import CommandService
+from gateway.commands.service import CommandService
 from gateway.config.commands import CommandsConfig
 from gateway.model import DeviceInfo, InboundHandler, InboundMessage, PublishOutcome, PublishResult
 from tests.modbus.conftest import sim

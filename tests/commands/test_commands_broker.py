@@ -27,10 +27,11 @@ from paho.mqtt.packettypes import PacketTypes
 
 from drivers.modbus.driver import ModbusLinkDriver
 from gateway.app import Gateway
-from gateway.cli import main
-from gateway.commands import CommandService
+from gateway.cli.main import main
+from gateway.commands.service import CommandService
 from gateway.config import Config, load_config
-from gateway.status import Snapshot, format_status, take_snapshot
+from gateway.errors import ExitCode
+from gateway.service.snapshot import Snapshot, format_status, take_snapshot
 from gateway.uplink.factory import make_uplink
 from gateway.uplink.mqtt_auth import new_properties, paho_logger
 from tests.modbus.conftest import sim
@@ -470,7 +471,7 @@ async def test_a_token_without_the_command_grant_means_no_subscription_and_says_
     path.write_text(gateway_config(broker, slaves.modem.client_path, token_file))
 
     # check-config runs its own event loop: in a thread, as from a shell.
-    assert await asyncio.to_thread(main, ["check-config", str(path)]) == 3
+    assert await asyncio.to_thread(main, ["check-config", str(path)]) == ExitCode.NOT_GRANTED
     out = capsys.readouterr().out
     assert "commands for device plc: sites/lab/gw-cmd/plc/commands: NOT GRANTED" in out, out
 

@@ -12,7 +12,7 @@ import pytest
 from drivers.serial.driver import SerialDriver
 from gateway.errors import CommandRefused, DeviceTimeout, UnknownTarget
 from gateway.model import Commandable
-from tests.serial_helpers import Collector, Pty, Responder, device_from_toml, wait_for
+from tests.support.serial import Collector, Pty, Responder, device_from_toml, wait_for
 
 SCALE = r"""
 [devices.scale]

@@ -28,10 +28,10 @@ from paho.mqtt.packettypes import PacketTypes
 from gateway.auth.oauth2 import OAuth2TokenSource
 from gateway.config.uplink import OAuth2TokenConfig
 from gateway.uplink.mqtt_auth import new_properties
-from tests.process import GatewayProcess
 from tests.support.broker import LocalBroker
 from tests.support.issuer import LocalIssuer
 from tests.support.mqtt5_raw import MqttV5Client
+from tests.support.process import GatewayProcess
 from tests.support.tokens import generate_rsa_key_pair, mint_token
 
 pytestmark = pytest.mark.broker

@@ -17,7 +17,7 @@ from .conftest import Collector
 from .helpers import parse
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "deploy/examples").glob("*modbus*.toml"))
+EXAMPLES = sorted((ROOT / "drivers/modbus").glob("example*.toml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -28,7 +28,7 @@ def test_example_parses_without_problems(path: Path) -> None:
 
 
 def test_the_rs485_example_plans_around_the_forbidden_range() -> None:
-    config, _ = parse((ROOT / "deploy/examples/modbus-rs485-bus.toml").read_text())
+    config, _ = parse((ROOT / "drivers/modbus/example-rs485-bus.toml").read_text())
     drv = next(d for d in build_drivers(config) if d.name == "modbus-bus[rs485-1]")
     plan = next(p for p in drv.plans() if p.device.name == "meter-hall")
     assert [(g.interval, [r.describe() for r in g.requests]) for g in plan.groups] == [
@@ -53,7 +53,7 @@ async def test_the_demo_config_reads_the_demo_simulator(tmp_path: Path, collecto
             line = (await proc.stdout.readline()).decode()
         port = re.search(r"127\.0\.0\.1:(\d+)", line)
         assert port, line
-        text = (ROOT / "deploy/examples/demo-modbus.toml").read_text()
+        text = (ROOT / "drivers/modbus/example-demo.toml").read_text()
         text = text.replace("port = 5020", f"port = {port.group(1)}").replace("deploy/.demo", str(tmp_path))
         config, problems = parse(text)
         assert problems == []

@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 
 import drivers.modbus
 from drivers.modbus.driver import ModbusLinkDriver
-from gateway.model import COMMANDS_ENTRY_POINT_GROUP, Driver
+from gateway.model import CLI_ENTRY_POINT_GROUP, Driver
 from gateway.registry import available_drivers, load_driver
 
 from .helpers import parse
@@ -16,7 +16,7 @@ from .helpers import parse
 def test_the_plugin_and_the_commands_are_registered() -> None:
     assert "modbus" in available_drivers()
     assert load_driver("modbus") is drivers.modbus.plugin
-    (ep,) = entry_points(group=COMMANDS_ENTRY_POINT_GROUP, name="modbus")
+    (ep,) = entry_points(group=CLI_ENTRY_POINT_GROUP, name="modbus")
     parser = argparse.ArgumentParser()
     ep.load()(parser.add_subparsers())
     assert parser.parse_args(["modbus", "scan", "--host", "h"]).handler.__name__ == "run_scan"

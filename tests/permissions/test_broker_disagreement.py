@@ -14,10 +14,11 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.auth import make_token_source
-from gateway.config.uplink import PermissionsConfig, SignerTokenConfig, UplinkConfig
+from gateway.config.permissions import PermissionsConfig
+from gateway.config.uplink import SignerTokenConfig, UplinkConfig
 from gateway.model import Message, PublishOutcome
-from gateway.permission_gate import PermissionGate
-from gateway.uplink.permission_state import PermissionTracker, track_permissions
+from gateway.permissions.gate import PermissionGate
+from gateway.permissions.tracker import PermissionTracker, track_permissions
 from gateway.uplink.session import Uplink
 from tests.support.broker import LocalBroker
 from tests.support.tokens import generate_rsa_key_pair

@@ -9,10 +9,10 @@ import logging
 import pytest
 
 from gateway.auth.token import Token
-from gateway.config.uplink import PermissionsConfig
+from gateway.config.permissions import PermissionsConfig
 from gateway.model import Message, PublishOutcome, PublishResult
-from gateway.permission_gate import ExpectedTopic, PermissionGate
-from gateway.uplink.permission_state import PermissionTracker
+from gateway.permissions.gate import ExpectedTopic, PermissionGate
+from gateway.permissions.tracker import PermissionTracker
 
 TEMPLATE = "sites/${client.attributes.site}/#"
 

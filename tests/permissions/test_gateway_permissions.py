@@ -21,12 +21,13 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.auth import make_token_source
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.config import Config, load_config
 from gateway.config.uplink import UplinkConfig
-from gateway.permission_check import guard_uplink
-from gateway.permission_gate import PermissionGate
-from gateway.uplink.permission_state import PermissionTracker
+from gateway.errors import ExitCode
+from gateway.permissions.gate import PermissionGate
+from gateway.permissions.tracker import PermissionTracker
+from gateway.uplink.factory import guard_uplink
 from gateway.uplink.session import Uplink
 from tests.support.broker import LocalBroker
 from tests.support.tokens import generate_rsa_key_pair, mint_token
@@ -220,7 +221,7 @@ def test_check_config_and_token_flag_the_device_whose_topic_is_not_granted(
     code = main(["check-config", str(path)])
     out = capsys.readouterr().out
 
-    assert code == 3
+    assert code == ExitCode.NOT_GRANTED
     assert f"a-meter: {TOPIC_A}: granted: template {TEMPLATE} (filter sites/a/#)" in out
     assert (
         f'b-meter: {TOPIC_B}: NOT GRANTED: template {TEMPLATE} with client.attributes.site = "b" '
@@ -232,7 +233,7 @@ def test_check_config_and_token_flag_the_device_whose_topic_is_not_granted(
 
     code = main(["token", "--config", str(path)])
     out = capsys.readouterr().out
-    assert code == 3
+    assert code == ExitCode.NOT_GRANTED
     assert f"b-meter: {TOPIC_B}: NOT GRANTED" in out
     assert "publish:\n    sites/a/#  (template sites/${client.attributes.site}/#)" in out
     assert token not in out and token.rsplit(".", 1)[1] not in out

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.uplink.permissions import (
+from gateway.mqtt_topics import grant_template_problem
+from gateway.permissions.grants import (
     PermissionsConfig,
     PermissionSet,
     filter_covers,
-    template_problem,
     template_would_allow,
     topic_matches,
     valid_filter,
@@ -155,7 +155,7 @@ def test_generated_filters_are_valid_and_invalid_shapes_are_refused(text: str) -
     ],
 )
 def test_template_problems_are_named(template: str, problem: str | None) -> None:
-    found = template_problem(template)
+    found = grant_template_problem(template)
     assert (found is None) if problem is None else (found is not None and found.startswith(problem))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.config.uplink import (
     AzureTokenConfig,
     OAuth2TokenConfig,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import GatewayProcess
+from tests.support.process import GatewayProcess
 
 #: On PYTHONPATH, this folder registers the test-only ``faulty`` driver (entry point in its dist-info).
 PLUGINS = Path(__file__).resolve().parent / "plugins"

@@ -89,7 +89,7 @@ def test_the_tree_holds_program_unit_config_and_state_with_their_owners(root: Pa
         REPO / "systemd/fieldgate.service"
     ).read_bytes()
     assert (root / "etc/fieldgate/fieldgate.toml").read_bytes() == (
-        REPO / "deploy/examples/simulated.toml"
+        REPO / "drivers/simulated/example.toml"
     ).read_bytes()
     assert owner_mode(root / "opt/fieldgate/venv") == (0, 0, "0o755")
 

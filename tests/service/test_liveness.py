@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from gateway.config.model import DeviceRoute
 from gateway.model import DeviceInfo, Driver, Message, PointInfo, Reading, ReadingSink
-from gateway.pipeline import ReadingQueue
-from gateway.router import Router
+from gateway.mqtt_topics import compile_template
+from gateway.pipeline.queue import ReadingQueue
+from gateway.pipeline.router import Router
 from gateway.service.watchdog import Liveness
-from gateway.store import MemoryStore
-from gateway.topics import compile_template
+from gateway.store.memory import MemoryStore
 
 
 class Clock:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.logs import JournalFormatter, RepeatFilter, TextFormatter, setup_logging
+from gateway.service.logs import JournalFormatter, RepeatFilter, TextFormatter, setup_logging
 from tests.service.conftest import SIMULATED, service_env, write_config
 
 HANGING = """

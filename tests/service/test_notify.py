@@ -11,8 +11,8 @@ from pathlib import Path
 from gateway.app import Gateway
 from gateway.config import load_config
 from gateway.model import Message, PublishResult
-from gateway.service import run_service
 from gateway.service.notify import Notifier
+from gateway.service.runner import run_service
 from tests.service.conftest import SIMULATED, NotifyListener, start_gateway, write_config
 
 #: 0.4 s WatchdogSec: pings every 0.2 s.

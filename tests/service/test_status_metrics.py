@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway.status import (
+from gateway.service.snapshot import (
     STATUS_FILE,
     PipelineStatus,
     Snapshot,
@@ -37,7 +37,11 @@ bad_points = ["pressure"]     # never answers
 
 def fieldgate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.status import STATUS_FILE, read_status_file
-from tests.process import GatewayProcess
+from gateway.service.snapshot import STATUS_FILE, read_status_file
 from tests.service.conftest import SIMULATED, service_env
 from tests.service.test_status_metrics import fieldgate, sample, scrape
 from tests.support.broker import LocalBroker
+from tests.support.process import GatewayProcess
 
 
 @pytest.fixture(scope="module")

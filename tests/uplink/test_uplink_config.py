@@ -11,9 +11,9 @@ from gateway.config.uplink import (
     FileTokenConfig,
     SignerTokenConfig,
     UplinkConfig,
-    fill_template,
     parse_uplink,
 )
+from gateway.mqtt_topics import fill_template
 from gateway.schema import Problems, Table
 
 

@@ -1,0 +1,1 @@
+"""The ``fieldgate`` command: one module per subcommand, :mod:`gateway.cli.main` builds the parser."""

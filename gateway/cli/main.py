@@ -1,0 +1,93 @@
+"""The ``fieldgate`` command line: run, check-config, token, status, plus subcommands drivers add.
+
+Only ``gateway/cli/`` and the drivers' ``cli.py`` parse command-line arguments; exit codes are
+:class:`gateway.errors.ExitCode`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from gateway import __version__
+from gateway.cli.check_config import cmd_check_config
+from gateway.cli.run import cmd_run
+from gateway.cli.status import register as register_status
+from gateway.cli.token import cmd_token
+from gateway.model import CLI_ENTRY_POINT_GROUP
+
+log = logging.getLogger("fieldgate.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fieldgate",
+        description="Edge gateway: serial and Modbus sensors to one JWT-authenticated MQTT v5 uplink.",
+    )
+    parser.add_argument("--version", action="version", version=f"fieldgate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run the gateway", description="Run the gateway until SIGTERM or Ctrl-C."
+    )
+    run.add_argument("--config", "-c", required=True, help="the TOML config file")
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json", "journal"),
+        help="override [gateway] log_format (journal: syslog priority prefixes; automatic under systemd)",
+    )
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log_level")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the messages that would be published (topic and payload) instead of connecting",
+    )
+    run.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    run.set_defaults(handler=cmd_run)
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file and summarise it",
+        description="Validate a config file: exit 0 with a summary of devices, points and topics, or "
+        "non-zero listing every problem (file, key, value, why).",
+    )
+    check.add_argument("file", help="the TOML config file")
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="skip checks that only hold on the target host (files, ports, environment variables exist)",
+    )
+    check.set_defaults(handler=cmd_check_config)
+
+    register_status(sub)
+
+    token = sub.add_parser(
+        "token",
+        help="fetch a token as run would, describe it and check the device topics it grants",
+        description="Fetch a token from the configured source, show its header, claims and expiry (never "
+        "the token itself) and, with [uplink.permissions], whether each device topic is granted. "
+        "Exit 5 when a device, birth or will topic is not granted.",
+    )
+    token.add_argument("--config", "-c", required=True, help="the TOML config file")
+    token.set_defaults(handler=cmd_token)
+
+    for ep in sorted(entry_points(group=CLI_ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            print(f"fieldgate: cannot load commands of {ep.name!r}: {exc}", file=sys.stderr)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    result: int = handler(args)
+    return result

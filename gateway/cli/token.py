@@ -1,0 +1,44 @@
+"""``fieldgate token --config FILE``: fetch a token as ``run`` would, describe it, check its grants."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from gateway.config import load_config
+from gateway.errors import ConfigError, ExitCode, FieldgateError
+from gateway.service.logs import setup_logging
+
+log = logging.getLogger("fieldgate.cli")
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.auth import Token, token_report
+    from gateway.config.uplink import UplinkConfig
+    from gateway.permissions.report import command_subscriptions, device_topics, report_lines
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    uplink = config.uplink
+    if not isinstance(uplink, UplinkConfig):
+        print(f"{config.source}: no [uplink]: there is no token to fetch", file=sys.stderr)
+        return 1
+    denied = 0
+
+    def permissions(token: Token) -> list[str]:
+        nonlocal denied
+        lines, denied = report_lines(uplink, token, device_topics(config), command_subscriptions(config))
+        return lines
+
+    setup_logging("warning", "text")
+    try:
+        print(asyncio.run(token_report(uplink, extra=permissions)))
+    except FieldgateError as exc:
+        print(f"fieldgate token: {exc}", file=sys.stderr)
+        return 1
+    return ExitCode.NOT_GRANTED if denied else ExitCode.OK

@@ -1,0 +1,110 @@
+"""The reading queue between the drivers and the router task.
+
+It is what keeps polling on time when the uplink is slow: ``emit`` never blocks and, when the queue is
+full, the oldest poll cycle is dropped (counted, logged once per episode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.model import Quality, Reading
+from gateway.pipeline.router import Router
+from gateway.store import Store
+
+log = logging.getLogger("fieldgate.pipeline")
+
+
+@dataclass
+class DeviceCounters:
+    cycles: int = 0
+    readings: int = 0
+    #: Readings whose quality was not good (the driver could not read the point).
+    bad: int = 0
+    last_reading: float | None = None
+    #: Points that could not be read in the device's latest poll cycle (0: all good).
+    failing: int = 0
+    #: The reason of the latest bad reading ("point: reason") and its time, kept after recovery.
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+@dataclass
+class ReadingQueue:
+    """Bounded queue of poll cycles; drop-oldest when full."""
+
+    max_cycles: int
+    dropped: int = 0
+    devices: dict[str, DeviceCounters] = field(default_factory=dict)
+    _cycles: deque[Sequence[Reading]] = field(default_factory=deque)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _overflowing: bool = False
+
+    def __len__(self) -> int:
+        return len(self._cycles)
+
+    def put(self, readings: Sequence[Reading]) -> None:
+        """The drivers' ``emit``: never blocks."""
+        if not readings:
+            return
+        counters = self.devices.get(readings[0].device)
+        if counters is None:
+            counters = self.devices[readings[0].device] = DeviceCounters()
+        counters.cycles += 1
+        counters.readings += len(readings)
+        failing = 0
+        for reading in readings:
+            if reading.quality is Quality.BAD:
+                failing += 1
+                counters.last_error = f"{reading.point}: {reading.reason or 'no value'}"
+                counters.last_error_at = reading.timestamp
+        counters.bad += failing
+        counters.failing = failing
+        counters.last_reading = readings[-1].timestamp
+        if len(self._cycles) >= self.max_cycles:
+            self._cycles.popleft()
+            self.dropped += 1
+            if not self._overflowing:
+                self._overflowing = True
+                log.error(
+                    "reading queue full (%d poll cycles): dropping the oldest until the router catches up",
+                    self.max_cycles,
+                )
+        elif self._overflowing and len(self._cycles) < self.max_cycles // 2:
+            self._overflowing = False
+            log.info("reading queue drained; %d poll cycles were dropped so far", self.dropped)
+        self._cycles.append(readings)
+        self._ready.set()
+
+    async def get(self) -> Sequence[Reading]:
+        while not self._cycles:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._cycles.popleft()
+
+    def get_nowait(self) -> Sequence[Reading] | None:
+        return self._cycles.popleft() if self._cycles else None
+
+
+async def route_forever(queue: ReadingQueue, router: Router, store: Store) -> None:
+    """The router task: poll cycles in, messages into the store."""
+    while True:
+        readings = await queue.get()
+        for message in router.route(readings):
+            store.append(message)
+        # Let drivers and the pump run between cycles even when the queue is long.
+        await asyncio.sleep(0)
+
+
+def route_pending(queue: ReadingQueue, router: Router, store: Store) -> int:
+    """Route whatever is queued now (shutdown flush). Returns the number of poll cycles routed."""
+    count = 0
+    while (readings := queue.get_nowait()) is not None:
+        for message in router.route(readings):
+            store.append(message)
+        count += 1
+    return count
