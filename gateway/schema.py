@@ -7,13 +7,14 @@ reports all of its errors at once. ``Table.finish()`` reports the keys nobody as
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, SecretError
 
@@ -423,3 +424,61 @@ class Table:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.data)
+
+
+# -- settings several drivers share -------------------------------------------------------------------------
+#: Parity as written in a config file, and pyserial's letter for it.
+PARITIES = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
+
+
+@dataclass(frozen=True, slots=True)
+class SerialLine:
+    """A serial port's line settings, read the same way for a Modbus bus and a serial sensor."""
+
+    port: str
+    baudrate: int = 9600
+    bytesize: int = 8
+    #: pyserial's letter (N, E, O, M or S); written ``none``, ``even``, ``odd``... in the file.
+    parity: str = "N"
+    stopbits: float = 1
+
+    @property
+    def bits_per_character(self) -> float:
+        """Start bit, data bits, parity bit and stop bits: what one character costs on the wire."""
+        return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+
+
+def read_serial_line(
+    table: Table,
+    *,
+    bytesizes: tuple[int, ...] = (5, 6, 7, 8),
+    parities: tuple[str, ...] = tuple(PARITIES),
+) -> SerialLine:
+    """``port``, ``baudrate``, ``bytesize``, ``parity`` and ``stopbits`` of ``table``, defaults from
+    :class:`SerialLine`; a protocol narrows the bytesizes and parities it allows."""
+    defaults = SerialLine(port="")
+    port = table.string("port")
+    baudrate = table.integer("baudrate", defaults.baudrate, minimum=50, maximum=4_000_000)
+    bytesize = table.integer("bytesize", defaults.bytesize, minimum=min(bytesizes), maximum=max(bytesizes))
+    default_parity = next(word for word, letter in PARITIES.items() if letter == defaults.parity)
+    parity = table.string("parity", default_parity, choices=parities)
+    stopbits = table.number("stopbits", defaults.stopbits)
+    if stopbits not in (1, 1.5, 2):
+        table.problem("stopbits", "expected 1, 1.5 or 2", stopbits)
+        stopbits = defaults.stopbits
+    return SerialLine(
+        port=port, baudrate=baudrate, bytesize=bytesize, parity=PARITIES.get(parity, "N"), stopbits=stopbits
+    )
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``cls``: config parsers read their defaults from the
+    frozen config types, so each default is written once (a slotted dataclass has no class attribute)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise TypeError(f"{cls.__name__}.{name} has no default")
+    raise TypeError(f"{cls.__name__} has no field {name!r}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from drivers.modbus.codec import DataType, Order, integer_range, register_count
 from gateway.model import DeviceInfo, PointInfo, Value
-from gateway.schema import Table
+from gateway.schema import SerialLine, Table, read_serial_line
 
 DRIVER = "modbus"
 
@@ -549,36 +549,32 @@ def _with_interval(p: Point, interval: float) -> Point:
 # links
 
 
-def _default_pause(baudrate: int, bytesize: int, parity: str, stopbits: int) -> float:
+def _default_pause(line: SerialLine) -> float:
     """3.5 character times (the RTU inter-frame silence), at least 1.75 ms as the spec fixes above 19200."""
-    bits = 1 + bytesize + (0 if parity == "N" else 1) + stopbits
-    return max(3.5 * bits / baudrate, 0.00175)
+    return max(3.5 * line.bits_per_character / line.baudrate, 0.00175)
 
 
 def _read_bus(name: str, t: Table) -> SerialBus:
-    port = t.string("port")
-    baudrate = t.integer("baudrate", 9600, minimum=300, maximum=4_000_000)
-    parity = t.string("parity", "N", choices=("N", "E", "O"))
-    bytesize = t.integer("bytesize", 8, minimum=7, maximum=8)
-    stopbits = t.integer("stopbits", 1, minimum=1, maximum=2)
+    # Modbus serial lines are 8 data bits (RTU) or 7 (ASCII), with even, odd or no parity.
+    line = read_serial_line(t, bytesizes=(7, 8), parities=("none", "even", "odd"))
     framer = t.string("framer", "rtu", choices=("rtu", "ascii"))
     timeout = t.number("timeout", 0.5, positive=True, maximum=30.0)
     pause = t.optional_number("inter_frame_pause", minimum=0.0, maximum=1.0)
     retries = t.integer("retries", 1, minimum=0, maximum=10)
     backoff_max = t.number("backoff_max", 60.0, positive=True)
+    if line.stopbits == 1.5:
+        t.problem("stopbits", "a Modbus serial line has 1 or 2 stop bits", line.stopbits)
     t.finish()
     return SerialBus(
         name=name,
-        port=port,
-        baudrate=baudrate,
-        parity=parity,
-        bytesize=bytesize,
-        stopbits=stopbits,
+        port=line.port,
+        baudrate=line.baudrate,
+        parity=line.parity,
+        bytesize=line.bytesize,
+        stopbits=int(line.stopbits),
         framer=framer,
         timeout=timeout,
-        inter_frame_pause=pause
-        if pause is not None
-        else _default_pause(baudrate, bytesize, parity, stopbits),
+        inter_frame_pause=pause if pause is not None else _default_pause(line),
         retries=retries,
         backoff_max=backoff_max,
     )

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from drivers.serial.config import DeviceSpec, SerialConfig, parse_config
+from drivers.serial.config import Device, SerialConfig, parse_config
 from drivers.serial.driver import SerialDriver
 from gateway.model import DriverConfig
 from gateway.schema import Table
 
-__all__ = ["DeviceSpec", "SerialConfig", "SerialDriver", "SerialPlugin", "plugin"]
+__all__ = ["Device", "SerialConfig", "SerialDriver", "SerialPlugin", "plugin"]
 
 
 class SerialPlugin:

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from drivers.serial import plugin
-from drivers.serial.config import DeviceSpec, LineFraming, PortSpec, RawFraming
+from drivers.serial.config import Device, LineFraming, Port, RawFraming
 from drivers.serial.driver import SerialDriver
 from drivers.serial.framing import Frame
 from gateway.model import Quality, Reading
-from gateway.schema import Problems, Table
+from gateway.schema import Problems, SerialLine, Table
 
 
 def register(subparsers: Any) -> None:
@@ -74,12 +74,12 @@ def watch_command(args: argparse.Namespace) -> int:
         spec = load_device(args.config, args.device, err)
         if spec is None:
             return 2
-        port = spec.port
+        line = spec.port.line
         if args.port is not None:
-            port = dataclasses.replace(port, path=args.port)
+            line = dataclasses.replace(line, port=args.port)
         if args.baud is not None:
-            port = dataclasses.replace(port, baudrate=args.baud)
-        spec = dataclasses.replace(spec, port=port)
+            line = dataclasses.replace(line, baudrate=args.baud)
+        spec = dataclasses.replace(spec, port=dataclasses.replace(spec.port, line=line))
     else:
         try:
             terminator = codecs.escape_decode(args.terminator.encode())[0]
@@ -91,9 +91,9 @@ def watch_command(args: argparse.Namespace) -> int:
                 file=err,
             )
             return 2
-        spec = DeviceSpec(
+        spec = Device(
             name="watch",
-            port=PortSpec(args.port, args.baud or 9600),
+            port=Port(SerialLine(args.port, args.baud or 9600)),
             mode="stream",
             framing=RawFraming() if args.raw else LineFraming(terminator, max_length=4096),
             parser=None,
@@ -106,7 +106,7 @@ def watch_command(args: argparse.Namespace) -> int:
         return 0
 
 
-def load_device(path: Path, name: str, err: TextIO) -> DeviceSpec | None:
+def load_device(path: Path, name: str, err: TextIO) -> Device | None:
     """The one device ``name`` of a gateway config file, or None (problems printed to ``err``)."""
     try:
         with path.open("rb") as f:
@@ -154,9 +154,7 @@ def show_reading(reading: Reading) -> str:
     return f"  {reading.point} = {reading.value!r}{unit}"
 
 
-async def watch(
-    spec: DeviceSpec, out: TextIO, *, count: int | None = None, seconds: float | None = None
-) -> int:
+async def watch(spec: Device, out: TextIO, *, count: int | None = None, seconds: float | None = None) -> int:
     """Run the device's driver, printing frames and readings to ``out`` until stopped."""
     framings = [c.framing for c in spec.commands] if spec.mode == "polled" else [spec.framing]
     text = all(isinstance(f, LineFraming) for f in framings)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.model import DeviceInfo, PointInfo
-from gateway.schema import Table
+from gateway.schema import SerialLine, Table, read_serial_line
 
 Checksum = Literal["none", "nmea", "crc16-modbus", "sum8"]
 ByteOrder = Literal["little", "big"]
@@ -27,8 +27,6 @@ MAX_BINARY_FRAME = 4096
 MAX_HEADERLESS_FRAME = 256
 CHECKSUM_SIZES: dict[str, int] = {"none": 0, "nmea": 0, "crc16-modbus": 2, "sum8": 1}
 _BINARY_CHECKSUMS = ("none", "crc16-modbus", "sum8")
-_PARITIES = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
-
 #: Fields the NMEA parser produces (each also with a sentence prefix, e.g. ``GGA.latitude``).
 NMEA_FIELDS: dict[str, tuple[str, ...]] = {
     "GGA": (
@@ -165,7 +163,7 @@ ParserSpec = RegexParser | CsvParser | JsonParser | KeyValueParser | NmeaParser 
 
 # -- points, commands, ports, devices ------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class PointSpec:
+class Point:
     name: str
     #: Which parsed field feeds it: a regex group, CSV column (index or name), JSON/key=value key, NMEA
     #: field or struct value (index or name); always kept as a string.
@@ -177,7 +175,7 @@ class PointSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class CommandSpec:
+class Command:
     """A request sent every ``interval`` seconds (polled mode); its reply is framed and parsed into points.
 
     With ``poll = false`` it is sent only when asked (a cloud command such as ``tare``); its points and
@@ -190,12 +188,12 @@ class CommandSpec:
     timeout: float
     framing: FramingSpec
     parser: ParserSpec | None
-    points: tuple[PointSpec, ...]
+    points: tuple[Point, ...]
     poll: bool = True
 
 
 @dataclass(frozen=True, slots=True)
-class RS485Spec:
+class RS485:
     """Kernel RS-485 direction control (``TIOCSRS485``) for adapters that need the driver to switch RTS."""
 
     rts_level_for_tx: bool = True
@@ -206,43 +204,42 @@ class RS485Spec:
 
 
 @dataclass(frozen=True, slots=True)
-class PortSpec:
-    path: str
-    baudrate: int = 9600
-    bytesize: int = 8
-    #: pyserial's letter: N, E, O, M or S.
-    parity: str = "N"
-    stopbits: float = 1
+class Port:
+    line: SerialLine
     rtscts: bool = False
     xonxoff: bool = False
-    rs485: RS485Spec | None = None
+    rs485: RS485 | None = None
+
+    @property
+    def path(self) -> str:
+        return self.line.port
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceSpec:
+class Device:
     name: str
-    port: PortSpec
+    port: Port
     mode: Literal["stream", "polled"]
     #: Streaming mode: how the byte stream is cut and parsed, and the points it feeds.
     framing: FramingSpec
     parser: ParserSpec | None
-    points: tuple[PointSpec, ...] = ()
+    points: tuple[Point, ...] = ()
     #: Polled mode: the commands, in file order.
-    commands: tuple[CommandSpec, ...] = ()
+    commands: tuple[Command, ...] = ()
     retry_initial: float = 1.0
     retry_max: float = 30.0
     #: Streaming mode: after this many seconds without a frame the points go BAD (None: never).
     silence_timeout: float | None = None
 
     @property
-    def all_points(self) -> tuple[PointSpec, ...]:
+    def all_points(self) -> tuple[Point, ...]:
         return self.points + tuple(p for c in self.commands for p in c.points)
 
 
 @dataclass(frozen=True, slots=True)
 class SerialConfig:
     devices: tuple[DeviceInfo, ...]
-    specs: tuple[DeviceSpec, ...]
+    specs: tuple[Device, ...]
 
 
 # -- readers -------------------------------------------------------------------------------------------
@@ -443,14 +440,14 @@ def _parser_fields(parser: ParserSpec | None) -> tuple[frozenset[str] | None, st
     return None, ""
 
 
-def parse_points(owner: Table, parser: ParserSpec | None, *, required: bool) -> tuple[PointSpec, ...]:
+def parse_points(owner: Table, parser: ParserSpec | None, *, required: bool) -> tuple[Point, ...]:
     entries = owner.named_entries("points", what="point")
     if required and not owner.data.get("points"):  # missing or empty; a wrong type is reported already
         owner.problem(
             "points", f"at least one point is required ([{owner.here('points')}.<name>] with a field)"
         )
     known, hint = _parser_fields(parser)
-    points: list[PointSpec] = []
+    points: list[Point] = []
     for name, t in entries:
         raw_field = t.raw("field")
         field: str = name
@@ -476,23 +473,16 @@ def parse_points(owner: Table, parser: ParserSpec | None, *, required: bool) -> 
         if scale == 0.0:
             t.problem("scale", "must not be 0", scale)
         t.finish()
-        points.append(PointSpec(name, field, kind, unit, scale, offset))  # type: ignore[arg-type]
+        points.append(Point(name, field, kind, unit, scale, offset))  # type: ignore[arg-type]
     return tuple(points)
 
 
-def _parse_port(device: Table) -> PortSpec:
-    path = device.string("port")
-    baudrate = device.integer("baudrate", 9600, minimum=50, maximum=4_000_000)
-    bytesize = device.integer("bytesize", 8, minimum=5, maximum=8)
-    parity = device.string("parity", "none", choices=tuple(_PARITIES))
-    stopbits = device.number("stopbits", 1)
-    if stopbits not in (1, 1.5, 2):
-        device.problem("stopbits", "expected 1, 1.5 or 2", stopbits)
-        stopbits = 1
-    rs485: RS485Spec | None = None
+def _parse_port(device: Table) -> Port:
+    line = read_serial_line(device)
+    rs485: RS485 | None = None
     t = device.table("rs485")
     if t is not None:
-        rs485 = RS485Spec(
+        rs485 = RS485(
             rts_level_for_tx=t.boolean("rts_level_for_tx", True),
             rts_level_for_rx=t.boolean("rts_level_for_rx", False),
             delay_before_tx=t.number("delay_before_tx", 0.0, minimum=0, maximum=1),
@@ -500,21 +490,15 @@ def _parse_port(device: Table) -> PortSpec:
             loopback=t.boolean("loopback", False),
         )
         t.finish()
-    return PortSpec(
-        path=path,
-        baudrate=baudrate,
-        bytesize=bytesize,
-        parity=_PARITIES.get(parity, "N"),
-        stopbits=stopbits,
+    return Port(
+        line=line,
         rtscts=device.boolean("rtscts", False),
         xonxoff=device.boolean("xonxoff", False),
         rs485=rs485,
     )
 
 
-def parse_device(
-    name: str, device: Table, *, retry_initial: float = 1.0, retry_max: float = 30.0
-) -> DeviceSpec:
+def parse_device(name: str, device: Table, *, retry_initial: float = 1.0, retry_max: float = 30.0) -> Device:
     """One ``[devices.<name>]`` table with ``driver = "serial"`` (core keys already consumed)."""
     device.consume("driver", "topic", "batch")
     port = _parse_port(device)
@@ -526,8 +510,8 @@ def parse_device(
     retry_max = device.number("retry_max", retry_max, positive=True, maximum=3600)
     if retry_max < retry_initial:
         device.problem("retry_max", f"must be at least retry_initial ({retry_initial:g})", retry_max)
-    points: tuple[PointSpec, ...] = ()
-    commands: list[CommandSpec] = []
+    points: tuple[Point, ...] = ()
+    commands: list[Command] = []
     silence_timeout = device.optional_number("silence_timeout", positive=True, maximum=86400)
     if silence_timeout is not None and mode == "polled":
         device.problem("silence_timeout", "is for streaming devices; a polled command has its own timeout")
@@ -560,9 +544,7 @@ def parse_device(
             ct.finish()
             if poll and cparser is None:
                 cparser = NmeaParser()  # reported above; keeps the spec well-typed
-            commands.append(
-                CommandSpec(cname, send, interval, timeout, cframing, cparser, cpoints, poll=poll)
-            )
+            commands.append(Command(cname, send, interval, timeout, cframing, cparser, cpoints, poll=poll))
         if not device.data.get("commands"):  # missing or empty; a wrong type is reported already
             device.problem(
                 "commands", f"a polled device needs at least one command ([{device.here('commands')}.<name>])"
@@ -571,7 +553,7 @@ def parse_device(
         for dup in sorted({n for n in names if names.count(n) > 1}):
             device.problem("commands", f"point {dup!r} is read by more than one command")
     device.finish()
-    return DeviceSpec(
+    return Device(
         name=name,
         port=port,
         mode="polled" if mode == "polled" else "stream",

@@ -23,7 +23,7 @@ from typing import Any
 import serial
 from serial.rs485 import RS485Settings
 
-from drivers.serial.config import CommandSpec, DeviceSpec, LineFraming, ParserSpec, PortSpec
+from drivers.serial.config import Command, Device, LineFraming, ParserSpec, Port
 from drivers.serial.framing import Counters, Frame, Framer, build_framer
 from drivers.serial.parsers import FramePlan, Rejected, build_plan
 from gateway.errors import CommandRefused, DeviceTimeout, DeviceUnavailable, UnknownTarget
@@ -41,7 +41,7 @@ MAX_REPLY_TEXT = 1024
 
 @dataclass(eq=False, slots=True)
 class _Request:
-    command: CommandSpec
+    command: Command
     framer: Framer
     plan: FramePlan | None
     future: asyncio.Future[CommandReply]
@@ -54,14 +54,14 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def open_port(device: str, spec: PortSpec) -> serial.Serial:
+def open_port(device: str, spec: Port) -> serial.Serial:
     """Open and configure the port. Blocking: call it through ``asyncio.to_thread``."""
     port = serial.Serial()
-    port.port = spec.path
-    port.baudrate = spec.baudrate
-    port.bytesize = spec.bytesize
-    port.parity = spec.parity
-    port.stopbits = spec.stopbits
+    port.port = spec.line.port
+    port.baudrate = spec.line.baudrate
+    port.bytesize = spec.line.bytesize
+    port.parity = spec.line.parity
+    port.stopbits = spec.line.stopbits
     port.rtscts = spec.rtscts
     port.xonxoff = spec.xonxoff
     port.timeout = 0
@@ -149,7 +149,7 @@ class _Link:
 class SerialDriver:
     """One serial device: ``serial[<name>]``."""
 
-    def __init__(self, spec: DeviceSpec, *, frame_observer: FrameObserver | None = None) -> None:
+    def __init__(self, spec: Device, *, frame_observer: FrameObserver | None = None) -> None:
         self.spec = spec
         self._name = f"serial[{spec.name}]"
         self._observer = frame_observer
@@ -169,7 +169,7 @@ class SerialDriver:
         return self._name
 
     @property
-    def settings(self) -> DeviceSpec:
+    def settings(self) -> Device:
         return self.spec
 
     @property
@@ -224,7 +224,7 @@ class SerialDriver:
                         "%s: opened %s at %d baud (%s mode)",
                         self.name,
                         spec.port.path,
-                        spec.port.baudrate,
+                        spec.port.line.baudrate,
                         spec.mode,
                     )
                 down, failures, backoff = False, 0, spec.retry_initial
@@ -338,7 +338,7 @@ class SerialDriver:
 
     async def _poll(self, port: serial.Serial, emit: ReadingSink) -> None:
         loop = asyncio.get_running_loop()
-        plans: list[tuple[CommandSpec, Framer, FramePlan]] = [
+        plans: list[tuple[Command, Framer, FramePlan]] = [
             (
                 cmd,
                 self._framer(cmd),
@@ -399,10 +399,10 @@ class SerialDriver:
                 if not request.future.done():
                     request.future.set_exception(DeviceUnavailable(self.spec.name, "the port went away"))
 
-    def _framer(self, cmd: CommandSpec) -> Framer:
+    def _framer(self, cmd: Command) -> Framer:
         return build_framer(cmd.framing, self._counters)
 
-    def _plan(self, cmd: CommandSpec, parser: ParserSpec | None) -> FramePlan | None:
+    def _plan(self, cmd: Command, parser: ParserSpec | None) -> FramePlan | None:
         if parser is None:
             return None
         return build_plan(self.spec.name, parser, cmd.points, self._counters, missing_is_bad=True)
@@ -412,7 +412,7 @@ class SerialDriver:
         port: serial.Serial,
         link: _Link,
         waiting: list[tuple[Framer, asyncio.Future[Frame]]],
-        cmd: CommandSpec,
+        cmd: Command,
         framer: Framer,
     ) -> asyncio.Future[Frame]:
         """Send one command and wait for its reply frame (the future is not done when none came)."""
@@ -485,7 +485,7 @@ class SerialDriver:
                 out += [r for r in reply.readings if r.point in wanted]
         return out
 
-    async def _request(self, cmd: CommandSpec) -> CommandReply:
+    async def _request(self, cmd: Command) -> CommandReply:
         if not self._serving:
             raise DeviceUnavailable(self.spec.name, f"{self.spec.port.path} is not open")
         if len(self._requests) >= MAX_REQUESTS:
@@ -526,7 +526,7 @@ class SerialDriver:
         log.info("%s: command %r sent on request, reply %r", self.name, cmd.name, text[:80])
         request.future.set_result(CommandReply(tuple(readings), text[:MAX_REPLY_TEXT]))
 
-    def _answer(self, cmd: CommandSpec, plan: FramePlan, reply: asyncio.Future[Frame]) -> list[Reading]:
+    def _answer(self, cmd: Command, plan: FramePlan, reply: asyncio.Future[Frame]) -> list[Reading]:
         now = time.time()
         if not reply.done():
             reply.cancel()

@@ -22,7 +22,7 @@ from drivers.serial.config import (
     KeyValueParser,
     NmeaParser,
     ParserSpec,
-    PointSpec,
+    Point,
     RegexParser,
     StructParser,
 )
@@ -347,7 +347,7 @@ def _shown(raw: FieldValue) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
 
 
-def convert(point: PointSpec, raw: FieldValue) -> tuple[Value | None, str | None]:
+def convert(point: Point, raw: FieldValue) -> tuple[Value | None, str | None]:
     """The point's value from a raw field, or ``(None, reason)``."""
     if raw is None:
         return None, "no value in frame"
@@ -397,7 +397,7 @@ class FramePlan:
 
     device: str
     parse: Parse
-    points: tuple[PointSpec, ...]
+    points: tuple[Point, ...]
     #: Polled replies must carry every point (missing ones are BAD); stream frames carry what they carry.
     missing_is_bad: bool
     counters: Counters
@@ -423,7 +423,7 @@ class FramePlan:
                 out.append(Reading(self.device, point.name, value, point.unit, now))
         return out
 
-    def bad(self, point: PointSpec, now: float, reason: str) -> Reading:
+    def bad(self, point: Point, now: float, reason: str) -> Reading:
         return Reading(self.device, point.name, None, point.unit, now, Quality.BAD, reason)
 
     def all_bad(self, now: float, reason: str) -> list[Reading]:
@@ -431,6 +431,6 @@ class FramePlan:
 
 
 def build_plan(
-    device: str, spec: ParserSpec, points: tuple[PointSpec, ...], counters: Counters, *, missing_is_bad: bool
+    device: str, spec: ParserSpec, points: tuple[Point, ...], counters: Counters, *, missing_is_bad: bool
 ) -> FramePlan:
     return FramePlan(device, build_parser(spec), points, missing_is_bad, counters)

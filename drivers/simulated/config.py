@@ -11,7 +11,7 @@ SIGNALS = ("sine", "ramp", "random-walk", "step", "constant")
 
 
 @dataclass(frozen=True, slots=True)
-class SimPoint:
+class Point:
     name: str
     signal: str
     unit: str | None
@@ -29,10 +29,10 @@ class SimPoint:
 
 
 @dataclass(frozen=True, slots=True)
-class SimDevice:
+class Device:
     name: str
     interval: float
-    points: tuple[SimPoint, ...]
+    points: tuple[Point, ...]
 
     @property
     def info(self) -> DeviceInfo:
@@ -41,24 +41,24 @@ class SimDevice:
 
 @dataclass(frozen=True, slots=True)
 class SimulatedConfig:
-    sim_devices: tuple[SimDevice, ...]
+    sim_devices: tuple[Device, ...]
 
     @property
     def devices(self) -> tuple[DeviceInfo, ...]:
         return tuple(d.info for d in self.sim_devices)
 
 
-def parse_device(name: str, table: Table) -> SimDevice:
+def parse_device(name: str, table: Table) -> Device:
     interval = table.number("interval", 1.0, minimum=0.001, maximum=86_400)
     entries = table.named_entries("points", what="point")
     if not table.data.get("points"):  # missing or empty; a wrong type is reported by named_entries
         table.problem("points", f"a device needs at least one point ([{table.here('points')}.<name>])")
     points = tuple(_point(pname, pt, index) for index, (pname, pt) in enumerate(entries))
     table.finish()
-    return SimDevice(name=name, interval=interval, points=points)
+    return Device(name=name, interval=interval, points=points)
 
 
-def _point(name: str, table: Table, index: int) -> SimPoint:
+def _point(name: str, table: Table, index: int) -> Point:
     signal = table.string("signal", "sine", choices=SIGNALS)
     minimum = table.number("min", 0.0)
     maximum = table.number("max", 100.0)
@@ -77,7 +77,7 @@ def _point(name: str, table: Table, index: int) -> SimPoint:
             parsed_values = tuple(float(v) for v in values)
     if signal in ("step", "constant") and not parsed_values:
         table.problem("values", f"signal '{signal}' needs values = [...]")
-    point = SimPoint(
+    point = Point(
         name=name,
         signal=signal,
         unit=table.optional_string("unit"),

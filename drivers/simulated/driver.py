@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from gateway.model import Reading, ReadingSink
 
 if TYPE_CHECKING:
-    from drivers.simulated.config import SimDevice, SimPoint
+    from drivers.simulated.config import Device, Point
 
 log = logging.getLogger("fieldgate.drivers.simulated")
 
@@ -20,7 +20,7 @@ log = logging.getLogger("fieldgate.drivers.simulated")
 class _Signal:
     """The state of one simulated point."""
 
-    def __init__(self, point: SimPoint, start: float) -> None:
+    def __init__(self, point: Point, start: float) -> None:
         self.point = point
         self.start = start
         self.rng = random.Random(point.seed)
@@ -45,7 +45,7 @@ class _Signal:
 
 
 class SimulatedDriver:
-    def __init__(self, device: SimDevice) -> None:
+    def __init__(self, device: Device) -> None:
         self._device = device
         self.samples = 0
         #: Ticks skipped because the loop fell behind its schedule (a busy event loop, a suspended host).

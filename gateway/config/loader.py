@@ -12,7 +12,6 @@ from pathlib import Path
 
 from gateway.config.commands import parse_commands
 from gateway.config.model import (
-    DEFAULT_STATE_DIR,
     Config,
     DeviceRoute,
     DriverSetup,
@@ -25,7 +24,7 @@ from gateway.config.uplink import UplinkConfig, parse_uplink
 from gateway.errors import ConfigError
 from gateway.mqtt_topics import TemplateError, TopicTemplate, compile_template
 from gateway.registry import available_drivers, load_driver
-from gateway.schema import NAME_PATTERN, NAME_WHY, Problems, Table
+from gateway.schema import NAME_PATTERN, NAME_WHY, Problems, Table, default_of
 
 DEFAULT_TOPIC = "sites/{site}/{gateway}/{device}/telemetry"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -82,11 +81,17 @@ def _gateway(table: Table | None, problems: Problems) -> GatewaySettings:
     result = GatewaySettings(
         id=table.string("id", pattern=NAME_PATTERN, pattern_why=NAME_WHY),
         site=table.string("site", pattern=NAME_PATTERN, pattern_why=NAME_WHY),
-        log_level=table.string("log_level", "info", choices=LOG_LEVELS),
-        log_format=table.string("log_format", "text", choices=("text", "json", "journal")),
-        stats_interval=table.number("stats_interval", 60.0, minimum=0),
-        state_dir=table.path("state_dir", must_exist=False) or DEFAULT_STATE_DIR,
-        shutdown_grace=table.number("shutdown_grace", 5.0, minimum=0, maximum=300),
+        log_level=table.string("log_level", default_of(GatewaySettings, "log_level"), choices=LOG_LEVELS),
+        log_format=table.string(
+            "log_format", default_of(GatewaySettings, "log_format"), choices=("text", "json", "journal")
+        ),
+        stats_interval=table.number(
+            "stats_interval", default_of(GatewaySettings, "stats_interval"), minimum=0
+        ),
+        state_dir=table.path("state_dir", must_exist=False) or default_of(GatewaySettings, "state_dir"),
+        shutdown_grace=table.number(
+            "shutdown_grace", default_of(GatewaySettings, "shutdown_grace"), minimum=0, maximum=300
+        ),
     )
     table.finish()
     return result
@@ -106,19 +111,21 @@ def _template(table: Table, key: str, default: str, *, allow_point: bool) -> Top
 
 
 def _telemetry(table: Table) -> TelemetrySettings:
-    batch = table.boolean("batch", True)
+    batch = table.boolean("batch", default_of(TelemetrySettings, "batch"))
     result = TelemetrySettings(
         topic=_template(table, "topic", DEFAULT_TOPIC, allow_point=not batch),
         batch=batch,
         qos=_qos(table),
-        reading_queue=table.integer("reading_queue", 10_000, minimum=1, maximum=10_000_000),
+        reading_queue=table.integer(
+            "reading_queue", default_of(TelemetrySettings, "reading_queue"), minimum=1, maximum=10_000_000
+        ),
     )
     table.finish()
     return result
 
 
 def _qos(table: Table) -> int:
-    qos = table.integer("qos", 1)
+    qos = table.integer("qos", default_of(TelemetrySettings, "qos"))
     if qos not in (0, 1):
         table.problem("qos", "expected 0 or 1 (Event Grid supports QoS 0 and 1 only)", qos)
         return 1
@@ -126,19 +133,24 @@ def _qos(table: Table) -> int:
 
 
 def _store(table: Table) -> StoreSettings:
+    d = StoreSettings()  # the defaults, written once on the dataclass
     result = StoreSettings(
-        kind=table.string("kind", "sqlite", choices=("sqlite", "memory")),
-        durability=table.string("durability", "always", choices=("always", "outage")),
-        max_messages=table.integer("max_messages", 100_000, minimum=1, maximum=100_000_000),
-        max_disk_bytes=round(table.number("max_disk_mb", 256.0, minimum=1, maximum=1_000_000) * 1024 * 1024),
-        max_age=table.number("max_age", 7 * 24 * 3600.0, minimum=0),
-        overflow=table.string("overflow", "drop-oldest", choices=("drop-oldest", "drop-newest")),
-        batch_messages=table.integer("batch_messages", 100, minimum=1, maximum=100_000),
-        batch_interval=table.number("batch_interval", 0.05, minimum=0, maximum=60),
-        memory_messages=table.integer("memory_messages", 10_000, minimum=100, maximum=10_000_000),
-        bypass_qos0=table.boolean("bypass_qos0", False),
-        replay_share=table.number("replay_share", 0.5, positive=True, maximum=1),
-        down_after=table.number("down_after", 5.0, positive=True, maximum=3600),
+        kind=table.string("kind", d.kind, choices=("sqlite", "memory")),
+        durability=table.string("durability", d.durability, choices=("always", "outage")),
+        max_messages=table.integer("max_messages", d.max_messages, minimum=1, maximum=100_000_000),
+        max_disk_bytes=round(
+            table.number("max_disk_mb", d.max_disk_bytes / (1024 * 1024), minimum=1, maximum=1_000_000)
+            * 1024
+            * 1024
+        ),
+        max_age=table.number("max_age", d.max_age, minimum=0),
+        overflow=table.string("overflow", d.overflow, choices=("drop-oldest", "drop-newest")),
+        batch_messages=table.integer("batch_messages", d.batch_messages, minimum=1, maximum=100_000),
+        batch_interval=table.number("batch_interval", d.batch_interval, minimum=0, maximum=60),
+        memory_messages=table.integer("memory_messages", d.memory_messages, minimum=100, maximum=10_000_000),
+        bypass_qos0=table.boolean("bypass_qos0", d.bypass_qos0),
+        replay_share=table.number("replay_share", d.replay_share, positive=True, maximum=1),
+        down_after=table.number("down_after", d.down_after, positive=True, maximum=3600),
     )
     table.finish()
     return result

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from gateway.config.permissions import PermissionsConfig, parse_permissions
-from gateway.schema import Secret, Table
+from gateway.schema import Secret, Table, default_of
 
 AUTH_METHODS = ("CUSTOM-JWT", "OAUTH2-JWT")
 #: Event Grid's limits (see README.md, "The uplink").
@@ -195,7 +195,7 @@ def _parse_status(table: Table, *, will: bool) -> StatusMessageConfig:
     if "+" in topic or "#" in topic:
         table.problem("topic", "a topic to publish to cannot contain the wildcards + or #", topic)
     payload = table.string("payload", "offline" if will else "online")
-    qos = table.integer("qos", 1, minimum=0, maximum=2)
+    qos = table.integer("qos", default_of(UplinkConfig, "qos"), minimum=0, maximum=2)
     if qos == 2:
         table.problem("qos", "QoS 2 is not supported (Event Grid accepts QoS 0 and 1)", qos)
     retain = table.boolean("retain", False)
@@ -351,8 +351,8 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
 
     Read ``[uplink]`` (with ``[uplink.token]`` and its sub-tables). Problems are recorded on ``table``."""
     host = table.string("host")
-    tls = table.boolean("tls", True)
-    port = table.integer("port", 8883 if tls else 1883, minimum=1, maximum=65535)
+    tls = table.boolean("tls", default_of(UplinkConfig, "tls"))
+    port = table.integer("port", default_of(UplinkConfig, "port") if tls else 1883, minimum=1, maximum=65535)
     ca_file = table.path("ca_file")
     if ca_file is not None and not tls:
         table.problem("ca_file", "is only used with tls = true", str(ca_file))
@@ -360,33 +360,45 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
     if not client_id:
         table.problem("client_id", "must not be empty (it is the MQTT session name)", client_id)
     username = table.optional_string("username")
-    keepalive = table.integer("keepalive", 60, minimum=5, maximum=MAX_KEEPALIVE)
-    session_expiry = table.integer("session_expiry", 3600, minimum=0, maximum=MAX_SESSION_EXPIRY)
+    keepalive = table.integer(
+        "keepalive", default_of(UplinkConfig, "keepalive"), minimum=5, maximum=MAX_KEEPALIVE
+    )
+    session_expiry = table.integer(
+        "session_expiry", default_of(UplinkConfig, "session_expiry"), minimum=0, maximum=MAX_SESSION_EXPIRY
+    )
     auth_method_given = table.has("auth_method")
-    auth_method = table.string("auth_method", "CUSTOM-JWT", choices=AUTH_METHODS)
-    qos = table.integer("qos", 1, minimum=0, maximum=2)
+    auth_method = table.string("auth_method", default_of(UplinkConfig, "auth_method"), choices=AUTH_METHODS)
+    qos = table.integer("qos", default_of(UplinkConfig, "qos"), minimum=0, maximum=2)
     if qos == 2:
         table.problem("qos", "QoS 2 is not supported (Event Grid accepts QoS 0 and 1)", qos)
         qos = 1
-    max_inflight = table.integer("max_inflight", 20, minimum=1, maximum=65535)
-    max_message_bytes = table.integer(
-        "max_message_bytes", MAX_PACKET_BYTES, minimum=64, maximum=MAX_PACKET_BYTES
+    max_inflight = table.integer(
+        "max_inflight", default_of(UplinkConfig, "max_inflight"), minimum=1, maximum=65535
     )
-    connect_timeout = table.number("connect_timeout", 10.0, positive=True)
+    max_message_bytes = table.integer(
+        "max_message_bytes",
+        default_of(UplinkConfig, "max_message_bytes"),
+        minimum=64,
+        maximum=MAX_PACKET_BYTES,
+    )
+    connect_timeout = table.number(
+        "connect_timeout", default_of(UplinkConfig, "connect_timeout"), positive=True
+    )
 
     refresh_table = table.table_or_empty("refresh")
+    d = RefreshConfig()
     refresh = RefreshConfig(
-        enabled=refresh_table.boolean("enabled", True),
-        fraction=refresh_table.number("fraction", 0.8, minimum=0.1, maximum=0.95),
-        margin=refresh_table.number("margin", 60.0, minimum=0.0),
-        jitter=refresh_table.number("jitter", 5.0, minimum=0.0),
-        timeout=refresh_table.number("timeout", 10.0, positive=True),
+        enabled=refresh_table.boolean("enabled", d.enabled),
+        fraction=refresh_table.number("fraction", d.fraction, minimum=0.1, maximum=0.95),
+        margin=refresh_table.number("margin", d.margin, minimum=0.0),
+        jitter=refresh_table.number("jitter", d.jitter, minimum=0.0),
+        timeout=refresh_table.number("timeout", d.timeout, positive=True),
     )
     refresh_table.finish()
 
     reconnect_table = table.table_or_empty("reconnect")
-    initial = reconnect_table.number("initial", 1.0, positive=True)
-    maximum = reconnect_table.number("max", 60.0, positive=True)
+    initial = reconnect_table.number("initial", ReconnectConfig().initial, positive=True)
+    maximum = reconnect_table.number("max", ReconnectConfig().maximum, positive=True)
     if maximum < initial:
         shown = reconnect_table.data.get("max", maximum)
         reconnect_table.problem("max", f"must be at least reconnect.initial ({initial:g})", shown)

@@ -23,7 +23,7 @@ from drivers.serial.config import (
     LineFraming,
     NmeaParser,
     ParserSpec,
-    PointSpec,
+    Point,
     StructParser,
 )
 from drivers.serial.framing import Counters, build_framer, checksum_bytes, nmea_sentence
@@ -44,7 +44,7 @@ def best_of(runs: int, fn: Callable[[], int]) -> float:
 
 
 def pipeline(
-    framing: FramingSpec, parser: ParserSpec, points: tuple[PointSpec, ...], data: bytes
+    framing: FramingSpec, parser: ParserSpec, points: tuple[Point, ...], data: bytes
 ) -> Callable[[], int]:
     def run() -> int:
         counters = Counters()
@@ -83,7 +83,7 @@ def main() -> None:
         pipeline(
             LineFraming(b"\r\n", 82, "nmea"),
             NmeaParser(),
-            tuple(PointSpec(f, f) for f in ("latitude", "longitude", "altitude", "satellites", "hdop")),
+            tuple(Point(f, f) for f in ("latitude", "longitude", "altitude", "satellites", "hdop")),
             gps,
         ),
         lambda: len(gps.split(b"\r\n")) - 1,
@@ -93,7 +93,7 @@ def main() -> None:
         "CSV weather line (4 points)",
         csv,
         n,
-        pipeline(LineFraming(), CsvParser(), tuple(PointSpec(str(i), str(i)) for i in range(1, 5)), csv),
+        pipeline(LineFraming(), CsvParser(), tuple(Point(str(i), str(i)) for i in range(1, 5)), csv),
         lambda: len(csv.split(b"\n")) - 1,
     )
     body = b"\xaa\x55\x05" + struct.pack(">hHB", 2150, 3500, 0)
@@ -106,7 +106,7 @@ def main() -> None:
         pipeline(
             LengthFraming(b"\xaa\x55", 1, "big", 0, 32, "crc16-modbus"),
             StructParser(">hHB"),
-            tuple(PointSpec(str(i), str(i)) for i in range(3)),
+            tuple(Point(str(i), str(i)) for i in range(3)),
             binary,
         ),
         lambda: sum(1 for i in range(0, len(binary), len(frame)) if binary[i : i + 2] == b"\xaa\x55"),

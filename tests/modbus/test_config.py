@@ -14,7 +14,7 @@ max_connections_per_host = 2
 [drivers.modbus.buses.rs485-1]
 port = "/dev/serial/by-id/usb-FTDI-if00"
 baudrate = 19200
-parity = "E"
+parity = "even"
 timeout = 0.3
 inter_frame_pause = 0.01
 
@@ -171,7 +171,10 @@ type = "int16"
 """
     )
     text = "\n".join(problems)
-    assert 'gateway.toml: drivers.modbus.buses.rs485-1.parity = "X": expected one of "N", "E", "O"' in text
+    assert (
+        'gateway.toml: drivers.modbus.buses.rs485-1.parity = "X": expected one of "none", "even", "odd"'
+        in text
+    )
     assert "gateway.toml: drivers.modbus.buses.rs485-1.baudrat: unknown key" in text
     assert 'devices.m1.bus = "rs485-2": no such bus (buses: rs485-1)' in text
     assert 'devices.m1.points.v.address = "50001": register notation starts with 0' in text

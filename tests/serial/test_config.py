@@ -10,22 +10,22 @@ import pytest
 from drivers.serial import plugin
 from drivers.serial.cli import register
 from drivers.serial.config import (
-    CommandSpec,
+    RS485,
+    Command,
     DelimitedFraming,
     KeyValueParser,
     LengthFraming,
     LineFraming,
     NmeaParser,
-    PointSpec,
-    PortSpec,
+    Point,
+    Port,
     RegexParser,
-    RS485Spec,
     SerialConfig,
     StructParser,
 )
 from gateway.model import DeviceInfo, PointInfo
 from gateway.registry import load_driver
-from gateway.schema import Problems, Table
+from gateway.schema import Problems, SerialLine, Table
 
 
 def parse(text: str) -> tuple[SerialConfig, list[str]]:
@@ -105,45 +105,41 @@ def test_a_good_file_becomes_frozen_specs_and_device_infos() -> None:
     config, problems = parse(GOOD)
     assert problems == []
     gps, scale, tank = config.specs
-    assert gps.port == PortSpec("/dev/serial/by-id/usb-u-blox_AG_GNSS_receiver-if00", 38400)
+    assert gps.port == Port(SerialLine("/dev/serial/by-id/usb-u-blox_AG_GNSS_receiver-if00", 38400))
     assert gps.framing == LineFraming(b"\r\n", 90, "nmea")
     assert gps.parser == NmeaParser()
     assert (gps.mode, gps.retry_initial, gps.retry_max, gps.silence_timeout) == ("stream", 0.5, 10.0, 5.0)
 
-    assert scale.port == PortSpec(
-        "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0",
-        9600,
-        7,
-        "E",
-        2,
+    assert scale.port == Port(
+        SerialLine("/dev/serial/by-id/usb-FTDI_FT232R-if00-port0", 9600, 7, "E", 2),
         False,
         True,
-        RS485Spec(rts_level_for_tx=False, rts_level_for_rx=True, delay_before_rx=0.002),
+        RS485(rts_level_for_tx=False, rts_level_for_rx=True, delay_before_rx=0.002),
     )
     assert scale.retry_max == 5.0
     assert scale.commands == (
-        CommandSpec(
+        Command(
             "weight",
             b"W\r\n",
             2.0,
             0.3,
             LineFraming(b"\r\n"),
             RegexParser("(?P<w>[-0-9.]+) kg"),
-            (PointSpec("weight", "w", "float", "kg"),),
+            (Point("weight", "w", "float", "kg"),),
         ),
-        CommandSpec(
+        Command(
             "status",
             b"\x1b?",
             1.0,
             1.0,
             DelimitedFraming(b"\x02", b"\x03", 256, "sum8"),
             KeyValueParser(";"),
-            (PointSpec("overload", "OL", "bool"), PointSpec("count", "N", "int", None, 10.0)),
+            (Point("overload", "OL", "bool"), Point("count", "N", "int", None, 10.0)),
         ),
     )
     assert tank.framing == LengthFraming(b"\xaa\x55", 2, "little", 0, 256, "crc16-modbus")
     assert tank.parser == StructParser("<hH", ("temp", "level"))
-    assert tank.points[1] == PointSpec("level", "1", "int")
+    assert tank.points[1] == Point("level", "1", "int")
 
     assert config.devices == (
         DeviceInfo("gps", "serial", (PointInfo("lat", "deg"),)),

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from drivers.serial.config import PortSpec, RS485Spec
+from drivers.serial.config import RS485, Port
 from drivers.serial.driver import SerialDriver, open_port
 from drivers.serial.framing import checksum_bytes, nmea_sentence
 from gateway.errors import DeviceUnavailable
 from gateway.model import Quality
+from gateway.schema import SerialLine
 from tests.support.serial import Collector, Pty, Responder, device_from_toml, wait_for
 
 LOGGER = "fieldgate.serial"
@@ -436,7 +437,7 @@ async def test_polled_replies_that_make_no_sense_are_bad_and_a_command_that_answ
 
 # -- port settings -------------------------------------------------------------------------------------------
 def test_port_settings_reach_the_tty(pty: Pty) -> None:
-    port = open_port("gas", PortSpec(pty.path, 19200, 7, "E", 2, rtscts=True))
+    port = open_port("gas", Port(SerialLine(pty.path, 19200, 7, "E", 2), rtscts=True))
     try:
         _, _, cflag, _, ispeed, ospeed, _ = termios.tcgetattr(port.fileno())
         settings = (port.baudrate, port.bytesize, port.parity, port.stopbits, port.rtscts, port.xonxoff)
@@ -451,7 +452,7 @@ def test_port_settings_reach_the_tty(pty: Pty) -> None:
 
 def test_rs485_direction_control_on_an_adapter_without_it_is_a_clear_error(pty: Pty) -> None:
     with pytest.raises(DeviceUnavailable) as raised:
-        open_port("scale", PortSpec(pty.path, rs485=RS485Spec()))
+        open_port("scale", Port(SerialLine(pty.path), rs485=RS485()))
     assert str(raised.value) == (
         f"scale: cannot open {pty.path}: Failed to set RS485 mode: [Errno 25] Inappropriate ioctl for device"
     )

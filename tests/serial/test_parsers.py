@@ -14,7 +14,7 @@ from drivers.serial.config import (
     KeyValueParser,
     NmeaParser,
     ParserSpec,
-    PointSpec,
+    Point,
     RegexParser,
     StructParser,
 )
@@ -141,12 +141,12 @@ def test_struct_layouts_with_byte_order_and_names() -> None:
 def test_point_conversion(
     kind: str, raw: object, scaling: tuple[float, float], expected: tuple[object, str]
 ) -> None:
-    point = PointSpec("p", "f", kind, None, *scaling)  # type: ignore[arg-type]
+    point = Point("p", "f", kind, None, *scaling)  # type: ignore[arg-type]
     assert convert(point, raw) == expected  # type: ignore[arg-type]
 
 
 def test_a_polled_reply_missing_a_field_gives_a_bad_reading() -> None:
-    points = (PointSpec("t", "T", unit="degC"), PointSpec("h", "H", unit="%"))
+    points = (Point("t", "T", unit="degC"), Point("h", "H", unit="%"))
     plan = build_plan("box", KeyValueParser(), points, Counters(), missing_is_bad=True)
     readings = plan.readings(b"T=20.5", 100.0)
     assert isinstance(readings, list)
@@ -166,7 +166,7 @@ PARSERS: list[ParserSpec] = [
     StructParser(">hHBf?4s"),
 ]
 POINTS = tuple(
-    PointSpec(f"p{i}-{t}", f, t)
+    Point(f"p{i}-{t}", f, t)
     for i, f in enumerate(("a", "x", "0", "1", "latitude", "utc"))
     for t in ("float", "int", "bool", "string")
 )

@@ -15,7 +15,7 @@ import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from drivers.serial.config import DeviceSpec, parse_device
+from drivers.serial.config import Device, parse_device
 from gateway.model import Reading
 from gateway.schema import Problems, Table
 
@@ -78,7 +78,7 @@ async def wait_for(condition: Callable[[], bool], within: float = 5.0, what: str
         await asyncio.sleep(0.01)
 
 
-def device_from_toml(name: str, text: str) -> DeviceSpec:
+def device_from_toml(name: str, text: str) -> Device:
     """Parse one ``[devices.<name>]`` table the way the gateway's loader would hand it over."""
     data = tomllib.loads(text)
     problems = Problems("test.toml")
