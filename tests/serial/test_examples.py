@@ -42,7 +42,7 @@ def test_example_configs_have_no_problems(path: Path) -> None:
 
 
 def test_the_sensor_catalogue_shows_every_framing_and_parser() -> None:
-    config, _ = load(ROOT / "deploy" / "examples" / "serial-sensors.toml")
+    config, _ = load(ROOT / "drivers" / "serial" / "example-sensors.toml")
     framings = {type(s.framing).__name__ for s in config.specs}
     parsers = {
         type(p).__name__ for s in config.specs for p in [s.parser, *(c.parser for c in s.commands)] if p
@@ -73,7 +73,7 @@ async def test_demo_config_reads_every_simulated_sensor(
         assert sim.stdout is not None
         banner = (await asyncio.wait_for(sim.stdout.readline(), 10)).decode()
         assert banner.startswith("serial_devices: gps at deploy/.demo/gps")
-        config, problems = load(ROOT / "deploy/examples/demo-serial.toml")
+        config, problems = load(ROOT / "drivers/serial/example-demo.toml")
         assert problems == []
         sink = Collector()
         drivers = plugin.build(config)
