@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.model import DeviceInfo, PointInfo
-from gateway.schema import Table
+from gateway.schema import Table, default_of
 
 SIGNALS = ("sine", "ramp", "random-walk", "step", "constant")
 
@@ -13,26 +13,28 @@ SIGNALS = ("sine", "ramp", "random-walk", "step", "constant")
 @dataclass(frozen=True, slots=True)
 class Point:
     name: str
-    signal: str
-    unit: str | None
-    minimum: float
-    maximum: float
+    signal: str = "sine"
+    unit: str | None = None
+    minimum: float = 0.0
+    maximum: float = 100.0
     #: sine: seconds per cycle; ramp: seconds from minimum to maximum.
-    period: float
+    period: float = 60.0
     #: random-walk: the largest change per sample.
-    step: float
+    step: float = 1.0
     #: step: the values stepped through, each held ``hold`` seconds; constant: values[0].
-    values: tuple[float, ...]
-    hold: float
-    decimals: int
-    seed: int
+    values: tuple[float, ...] = ()
+    hold: float = 10.0
+    decimals: int = 3
+    #: The random walk's seed (default: the point's position in its device, so runs repeat).
+    seed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Device:
     name: str
-    interval: float
-    points: tuple[Point, ...]
+    #: Seconds between samples.
+    interval: float = 1.0
+    points: tuple[Point, ...] = ()
 
     @property
     def info(self) -> DeviceInfo:
@@ -49,7 +51,7 @@ class SimulatedConfig:
 
 
 def parse_device(name: str, table: Table) -> Device:
-    interval = table.number("interval", 1.0, minimum=0.001, maximum=86_400)
+    interval = table.number("interval", default_of(Device, "interval"), minimum=0.001, maximum=86_400)
     entries = table.named_entries("points", what="point")
     if not table.data.get("points"):  # missing or empty; a wrong type is reported by named_entries
         table.problem("points", f"a device needs at least one point ([{table.here('points')}.<name>])")
@@ -59,9 +61,9 @@ def parse_device(name: str, table: Table) -> Device:
 
 
 def _point(name: str, table: Table, index: int) -> Point:
-    signal = table.string("signal", "sine", choices=SIGNALS)
-    minimum = table.number("min", 0.0)
-    maximum = table.number("max", 100.0)
+    signal = table.string("signal", default_of(Point, "signal"), choices=SIGNALS)
+    minimum = table.number("min", default_of(Point, "minimum"))
+    maximum = table.number("max", default_of(Point, "maximum"))
     if maximum < minimum:
         table.problem("max", f"must not be below min ({minimum:g})", maximum)
     values = table.raw("values")
@@ -83,11 +85,11 @@ def _point(name: str, table: Table, index: int) -> Point:
         unit=table.optional_string("unit"),
         minimum=minimum,
         maximum=maximum,
-        period=table.number("period", 60.0, positive=True),
-        step=table.number("step", 1.0, minimum=0),
+        period=table.number("period", default_of(Point, "period"), positive=True),
+        step=table.number("step", default_of(Point, "step"), minimum=0),
         values=parsed_values,
-        hold=table.number("hold", 10.0, positive=True),
-        decimals=table.integer("decimals", 3, minimum=0, maximum=12),
+        hold=table.number("hold", default_of(Point, "hold"), positive=True),
+        decimals=table.integer("decimals", default_of(Point, "decimals"), minimum=0, maximum=12),
         seed=table.integer("seed", index),
     )
     table.finish()
