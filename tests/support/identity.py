@@ -36,17 +36,24 @@ class Issued:
     requests: list[dict[str, str]] = field(default_factory=list)
 
 
+#: (status, JSON body) or (status, JSON body, extra headers)
+_Answer = tuple[int, dict[str, Any]] | tuple[int, dict[str, Any], dict[str, str]]
+
+
 class _Server:
     """A ThreadingHTTPServer on 127.0.0.1:<free port> running `handle` for every request."""
 
-    def __init__(self, handle: Callable[[BaseHTTPRequestHandler, str, bytes], tuple[int, dict[str, Any]]]):
+    def __init__(self, handle: Callable[[BaseHTTPRequestHandler, str, bytes], _Answer]):
         class Handler(BaseHTTPRequestHandler):
             def _serve(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                status, payload = handle(self, method, body)
+                answer = handle(self, method, body)
+                status, payload = answer[0], answer[1]
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in (answer[2] if len(answer) == 3 else {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -265,3 +272,122 @@ class ManagedIdentityEndpoint:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._server.stop()
+
+
+#: Where azure-identity (MSAL) insists the Azure Arc agent's challenge files are, on Linux.
+ARC_TOKENS_DIR = Path("/var/opt/azcmagent/tokens")
+
+
+class ArcIdentityEndpoint:
+    """A stand-in for the Azure Connected Machine agent's identity endpoint (HIMDS) on an Arc-enabled
+    Linux server, implementing the documented challenge flow
+    (learn.microsoft.com/azure/azure-arc/servers/managed-identity-authentication):
+
+    1. GET ?api-version=2020-06-01&resource=... with ``Metadata: true`` and no credentials is answered
+       401 with ``WWW-Authenticate: Basic realm=/var/opt/azcmagent/tokens/<new id>.key``; the agent
+       writes a fresh secret into that file (readable by root and the ``himds`` group only).
+    2. The same GET with ``Authorization: Basic <the file's content>`` gets the token; a secret is
+       good for one use.
+
+    azure-identity reads the file only under /var/opt/azcmagent/tokens, so the test needs to be able to
+    create that folder (it runs as root in the project's test setup).
+    """
+
+    def __init__(self, *, signing_key: Path, issuer: str, lifetime: float = 300,
+                 claims: dict[str, Any] | None = None, key_dir: Path = ARC_TOKENS_DIR) -> None:  # fmt: skip
+        self.signing_key = signing_key
+        self.issuer = issuer
+        self.lifetime = lifetime
+        self.claims = dict(claims or {})
+        self.key_dir = key_dir
+        self.issued = Issued()
+        #: Every request as (query, headers that matter), in order: what went over the wire.
+        self.wire: list[tuple[dict[str, str], dict[str, str]]] = []
+        #: Challenge files handed out and the secret each holds (removed when used or at exit).
+        self.challenges: dict[Path, str] = {}
+        #: Name a challenge file that is never written (an agent the gateway cannot read from).
+        self.unreadable = False
+        self.object_id = str(uuid.uuid4())
+        self._server = _Server(self._handle)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.port}/metadata/identity/oauth2/token"
+
+    @property
+    def imds_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.port}"
+
+    def _handle(self, request: BaseHTTPRequestHandler, method: str, body: bytes) -> _Answer:
+        parts = urllib.parse.urlsplit(request.path)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        seen = {k: v for k in ("Metadata", "Authorization") if (v := request.headers.get(k)) is not None}
+        with self._server.lock:
+            self.wire.append((query, seen))
+        self.issued.requests.append(query)
+        if method != "GET" or parts.path != "/metadata/identity/oauth2/token":
+            return 404, {"error": "not_found"}
+        if request.headers.get("Metadata") != "true":
+            return 400, {"error": "invalid_request", "error_description": "Metadata header required"}
+        if query.get("api-version") != "2020-06-01":
+            return 400, {"error": "invalid_request", "error_description": "unsupported api-version"}
+        authorization = request.headers.get("Authorization")
+        if authorization is None:
+            path = self.key_dir / f"{uuid.uuid4()}.key"
+            secret = uuid.uuid4().hex + uuid.uuid4().hex
+            if not self.unreadable:
+                path.write_text(secret)
+                path.chmod(0o640)
+            with self._server.lock:
+                self.challenges[path] = secret
+            return 401, {"error": "unauthorized"}, {"WWW-Authenticate": f"Basic realm={path}"}
+        with self._server.lock:
+            used = next((p for p, s in self.challenges.items() if authorization == f"Basic {s}"), None)
+            if used is not None:
+                del self.challenges[used]
+        if used is None:
+            self.issued.refused.append("bad challenge answer")
+            return 401, {"error": "unauthorized", "error_description": "wrong or reused challenge secret"}
+        used.unlink(missing_ok=True)
+        resource = query.get("resource", "")
+        if resource.rstrip("/") != "https://eventgrid.azure.net":
+            self.issued.refused.append(f"resource {resource}")
+            return 400, {"error": "invalid_resource", "error_description": f"unknown resource {resource}"}
+        now = int(time.time())
+        claims = {
+            "aud": "https://eventgrid.azure.net/",
+            "iss": self.issuer,
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(self.lifetime),
+            "sub": self.object_id,
+            "oid": self.object_id,
+            "tid": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "xms_mirid": "/subscriptions/0000/resourcegroups/plants/providers/"
+            "Microsoft.HybridCompute/machines/gw-arc",
+            "idtyp": "app",
+            "ver": "1.0",
+            **self.claims,
+        }
+        token = _sign(self.signing_key, claims)
+        self.issued.tokens.append(token)
+        return 200, {
+            "access_token": token,
+            "expires_in": str(int(self.lifetime)),
+            "expires_on": str(now + int(self.lifetime)),
+            "not_before": str(now),
+            "resource": resource,
+            "token_type": "Bearer",
+        }
+
+    def __enter__(self) -> ArcIdentityEndpoint:
+        self.key_dir.mkdir(parents=True, exist_ok=True)
+        self._server.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._server.stop()
+        for path in self.challenges:
+            path.unlink(missing_ok=True)
