@@ -29,6 +29,7 @@ __all__ = [
     "TokenSource",
     "decode_unverified",
     "describe_token",
+    "identity_model",
     "make_token_source",
     "token_from_jwt",
     "token_report",
@@ -53,6 +54,25 @@ def make_token_source(cfg: TokenConfig) -> TokenSource:
     assert_never(cfg)
 
 
+def identity_model(cfg: TokenConfig) -> str:
+    """Which identity model a token source stands for (see gateway/auth/README.md)."""
+    if isinstance(cfg, SignerTokenConfig):
+        return (
+            "signer: self-signed with an issuer key held on this gateway "
+            "(one gateway or a lab: every gateway holding this key can mint any gateway's token)"
+        )
+    if isinstance(cfg, OAuth2TokenConfig):
+        return (
+            f"oauth2: this gateway's own client {cfg.client_id!r} at an issuer ({cfg.client_auth}); "
+            "one identity per gateway"
+        )
+    if isinstance(cfg, FileTokenConfig):
+        return "file: tokens written by an agent on this host; the agent holds the identity"
+    if isinstance(cfg, AzureTokenConfig):
+        return f"azure: Microsoft Entra ID ({cfg.credential}); one identity per gateway"
+    assert_never(cfg)
+
+
 async def token_report(cfg: UplinkConfig, *, extra: Callable[[Token], Sequence[str]] | None = None) -> str:
     """Fetch a token as ``fieldgate run`` would and describe it (for ``fieldgate token --config FILE``).
 
@@ -62,6 +82,7 @@ async def token_report(cfg: UplinkConfig, *, extra: Callable[[Token], Sequence[s
     source = make_token_source(cfg.token)
     token = await source.get_token()
     head = [
+        f"identity:  {identity_model(cfg.token)}",
         f"source:    {source.description}",
         f"method:    {cfg.auth_method} (MQTT Authentication Method sent in CONNECT and AUTH)",
         f"broker:    {cfg.host}:{cfg.port} as client id {cfg.client_id!r}"

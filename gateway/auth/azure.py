@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -16,6 +17,19 @@ from typing import Any, Protocol
 from gateway.auth.token import Token, decode_unverified
 from gateway.config.uplink import AzureTokenConfig
 from gateway.errors import SecretError, TokenError
+
+#: Where the Azure Connected Machine agent (Azure Arc) writes its challenge files on Linux.
+ARC_TOKENS_DIR = "/var/opt/azcmagent/tokens"
+ARC_HINT = " (Azure Arc: the gateway's user must be in the himds group to read the agent's challenge file)"
+
+
+def arc_agent() -> str | None:
+    """The Azure Arc agent's identity endpoint when this host is Arc-enabled (its environment variables)."""
+    endpoint = os.environ.get("IDENTITY_ENDPOINT")
+    # IDENTITY_ENDPOINT with IDENTITY_HEADER is App Service; with IMDS_ENDPOINT it is the Arc agent.
+    if endpoint and os.environ.get("IMDS_ENDPOINT") and not os.environ.get("IDENTITY_HEADER"):
+        return endpoint
+    return None
 
 
 class _Credential(Protocol):
@@ -45,8 +59,12 @@ def build_credential(cfg: AzureTokenConfig) -> _Credential:
     extra: dict[str, Any] = {"connection_timeout": cfg.timeout, "read_timeout": cfg.timeout}
     if cfg.authority is not None:
         extra["authority"] = cfg.authority
+    if not cfg.instance_discovery:
+        extra["disable_instance_discovery"] = True
     try:
         if cfg.credential == "managed-identity":
+            # Azure Arc-enabled servers: azure-identity finds the agent through IDENTITY_ENDPOINT and
+            # IMDS_ENDPOINT (set by the agent) and answers its challenge with a key file it reads.
             timeouts = {k: extra[k] for k in ("connection_timeout", "read_timeout")}
             return identity.ManagedIdentityCredential(client_id=cfg.client_id, **timeouts)
         if cfg.credential == "client-secret":
@@ -93,7 +111,9 @@ class AzureTokenSource:
     def description(self) -> str:
         cfg = self._config
         who = f", client {cfg.client_id}" if cfg.client_id else ""
-        return f"azure {cfg.credential} (scope {cfg.scope}{who})"
+        agent = arc_agent() if cfg.credential == "managed-identity" else None
+        via = f", Azure Arc agent {agent}" if agent else ""
+        return f"azure {cfg.credential} (scope {cfg.scope}{who}{via})"
 
     async def _loaded(self) -> _Credential:
         async with self._lock:
@@ -114,6 +134,14 @@ class AzureTokenSource:
             # they carry the identity endpoint's error text, never the token or a secret.
             message = getattr(exc, "message", None) or str(exc)
             raise TokenError(f"azure {cfg.credential}: {type(exc).__name__}: {_first_line(message)}") from exc
+        except OSError as exc:
+            # MSAL reads Azure Arc's challenge file itself and lets OSError through; reading it needs
+            # membership of the agent's group.
+            where = exc.filename or "the identity agent's key file"
+            raise TokenError(
+                f"azure {cfg.credential}: cannot read {where}: {exc.strerror or type(exc).__name__}"
+                f"{ARC_HINT if str(where).startswith(ARC_TOKENS_DIR) else ''}"
+            ) from exc
         return str(access.token), float(access.expires_on)
 
     async def get_token(self) -> Token:

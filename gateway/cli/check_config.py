@@ -54,7 +54,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     summarise(config, sys.stdout)
+    warn_shared_signer_key(config, sys.stdout)
     return check_permissions(config, sys.stdout, offline=args.offline)
+
+
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host in ("::1", "[::1]")
+
+
+def warn_shared_signer_key(config: Config, out: TextIO) -> None:
+    """One warning when a ``signer`` config talks to a broker beyond this host (a real namespace)."""
+    from gateway.config.uplink import SignerTokenConfig
+
+    uplink = config.uplink
+    if uplink is None or not isinstance(uplink.token, SignerTokenConfig) or _loopback(uplink.host):
+        return
+    out.write(
+        f'warning: [uplink.token] source = "signer" signs tokens with the issuer key '
+        f"{uplink.token.key_file} for {uplink.host}: whoever copies that key from this gateway can mint "
+        "tokens for any gateway and any site the namespace trusts the issuer for. Fine for one gateway "
+        'or a lab; for a fleet give each gateway its own identity: source = "oauth2" (its own client '
+        'at an issuer, `fieldgate identity new`), "file" (tokens written by an agent) or "azure" '
+        "(Entra ID: Azure Arc managed identity or a per-gateway certificate). See gateway/auth/README.md.\n"
+    )
 
 
 def check_permissions(config: Config, out: TextIO, *, offline: bool) -> int:

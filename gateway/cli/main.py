@@ -1,4 +1,4 @@
-"""The ``fieldgate`` command line: run, check-config, token, status, plus subcommands drivers add.
+"""The ``fieldgate`` command line: run, check-config, token, identity, status, plus subcommands drivers add.
 
 Only ``gateway/cli/`` and the drivers' ``cli.py`` parse command-line arguments; exit codes are
 :class:`gateway.errors.ExitCode`.
@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 
 from gateway import __version__
 from gateway.cli.check_config import cmd_check_config
+from gateway.cli.identity import register as register_identity
 from gateway.cli.run import cmd_run
 from gateway.cli.status import register as register_status
 from gateway.cli.token import cmd_token
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--config", "-c", required=True, help="the TOML config file")
     token.set_defaults(handler=cmd_token)
+
+    register_identity(sub)
 
     for ep in sorted(entry_points(group=CLI_ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:

@@ -15,7 +15,7 @@ log = logging.getLogger("fieldgate.cli")
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from gateway.auth import Token, token_report
+    from gateway.auth import Token, identity_model, token_report
     from gateway.config.uplink import UplinkConfig
     from gateway.permissions.report import command_subscriptions, device_topics, report_lines
 
@@ -39,6 +39,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     try:
         print(asyncio.run(token_report(uplink, extra=permissions)))
     except FieldgateError as exc:
+        print(f"identity:  {identity_model(uplink.token)}")
         print(f"fieldgate token: {exc}", file=sys.stderr)
         return 1
     return ExitCode.NOT_GRANTED if denied else ExitCode.OK

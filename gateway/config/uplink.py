@@ -94,6 +94,9 @@ class AzureTokenConfig:
     token_file: Path | None = None
     #: Entra ID authority host for sovereign clouds (None: azure-identity's default, the public cloud).
     authority: str | None = None
+    #: False skips MSAL's instance discovery and authority validation (private clouds, Azure Stack, a
+    #: local stand-in authority): the authority's own metadata is then trusted as it is.
+    instance_discovery: bool = True
     timeout: float = 30.0
 
 
@@ -234,6 +237,7 @@ def _parse_azure(table: Table) -> AzureTokenConfig:
     client_id = table.optional_string("client_id")
     tenant_id = table.optional_string("tenant_id")
     authority = table.optional_string("authority")
+    instance_discovery = table.boolean("instance_discovery", True)
     timeout = table.number("timeout", 30.0, positive=True)
     needs_app = credential in ("client-secret", "client-certificate")
     for key in ("client_id", "tenant_id"):
@@ -259,6 +263,7 @@ def _parse_azure(table: Table) -> AzureTokenConfig:
         certificate_password=password,
         token_file=token_file,
         authority=authority,
+        instance_discovery=instance_discovery,
         timeout=timeout,
     )
 
