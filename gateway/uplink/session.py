@@ -69,6 +69,11 @@ CONNACK_HINTS: dict[int, str] = {
     0x9D: "server moved: the broker redirects this client permanently",
     0x9F: "connection rate exceeded: retrying with backoff",
 }
+#: Content Type of JSON messages; with Payload Format Indicator 1 it makes Event Grid route the JSON as
+#: ``data`` rather than base64 in ``data_base64``.
+JSON_CONTENT_TYPE = "application/json"
+#: Bytes the two properties add to a PUBLISH: PFI (id, byte) and Content Type (id, length, text).
+JSON_PROPERTY_BYTES = 2 + 3 + len(JSON_CONTENT_TYPE)
 #: Keep this many distinct refused topics for "log once per topic"; beyond it, refusals log at debug.
 _MAX_REMEMBERED_TOPICS = 1024
 
@@ -100,9 +105,12 @@ class UplinkStats:
     subscriptions_refused: int = 0
 
 
-def publish_packet_size(topic: str, payload_len: int, qos: int) -> int:
-    """Bytes of the PUBLISH packet we send (no properties): what Maximum Packet Size limits."""
-    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + 1 + payload_len
+def publish_packet_size(topic: str, payload_len: int, qos: int, property_bytes: int = 0) -> int:
+    """Bytes of the PUBLISH packet we send: what Maximum Packet Size limits.
+
+    ``property_bytes`` are the properties' own bytes; property lengths stay below 128 (one length byte).
+    """
+    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + 1 + property_bytes + payload_len
     length_bytes = 1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2097152 else 4
     return 1 + length_bytes + remaining
 
@@ -209,6 +217,8 @@ class Uplink:
         self._connected = asyncio.Event()
         self._connected_since: float | None = None
         self._refused_topics: set[str] = set()
+        # Built once: paho only reads a PUBLISH's properties while packing it.
+        self._json_props = _json_properties()
         #: Called with each token the session starts using (connect, accepted refresh): permissions hook.
         self.token_listeners: list[Callable[[Token], None]] = []
         #: Called with (topic, reason code) for each publish the broker refused (PUBACK >= 0x80).
@@ -377,7 +387,9 @@ class Uplink:
             return self._refuse_locally(future, message.topic, f"QoS {message.qos} is not supported (0 or 1)")
         # uplink.qos = 0 downgrades every message; with 1, each message keeps the QoS the router gave it.
         qos = min(message.qos, self._config.qos)
-        size = publish_packet_size(message.topic, len(message.payload), qos)
+        size = publish_packet_size(
+            message.topic, len(message.payload), qos, JSON_PROPERTY_BYTES if message.json else 0
+        )
         if correlation_data is not None:
             size += 3 + len(correlation_data) + 1  # property id, length, data; property length byte
         if size > self._config.max_message_bytes:
@@ -387,9 +399,9 @@ class Uplink:
         if conn.max_packet is not None and size > conn.max_packet:
             why = f"message of {size} bytes exceeds the broker's Maximum Packet Size ({conn.max_packet})"
             return self._refuse_locally(future, message.topic, why)
-        props: Properties | None = None
+        props: Properties | None = self._json_props if message.json else None
         if correlation_data is not None:
-            props = new_properties(PacketTypes.PUBLISH)
+            props = _json_properties() if message.json else new_properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation_data
         self._publish_on(
             conn,
@@ -798,6 +810,13 @@ class Uplink:
         finally:
             self._conn = None
             self._connected.clear()
+
+
+def _json_properties() -> Properties:
+    props = new_properties(PacketTypes.PUBLISH)
+    props.PayloadFormatIndicator = 1
+    props.ContentType = JSON_CONTENT_TYPE
+    return props
 
 
 def _bytes_or_none(value: object) -> bytes | None:
