@@ -60,6 +60,9 @@ class Message:
     timestamp: float = 0.0
     #: The device it came from, for per-device counters and logs ("" for gateway messages).
     device: str = ""
+    #: The payload is UTF-8 JSON (the router's and the command responses' format): the uplink marks it
+    #: so (Payload Format Indicator 1, Content Type application/json) for Event Grid's routing.
+    json: bool = True
 
 
 class PublishOutcome(enum.Enum):

@@ -62,6 +62,11 @@ _NOTATION_TABLE = {
 }
 
 
+#: Seconds after which an on-change point is reported although unchanged: a change lost upstream (a
+#: final refusal, an overflow) heals, and a consumer tells "unchanged" from "gateway gone".
+DEFAULT_REPORT_PERIOD = 600.0
+
+
 @dataclass(frozen=True, slots=True)
 class AddressRange:
     """Addresses ``start..end`` (inclusive) of one table."""
@@ -94,6 +99,8 @@ class Point:
     interval: float = 1.0
     on_change: bool = False
     deadband: float = 0.0
+    #: An on-change point is reported again after this many seconds even when unchanged.
+    report_period: float = DEFAULT_REPORT_PERIOD
     writable: bool = False
     minimum: float | None = None
     maximum: float | None = None
@@ -253,6 +260,7 @@ class _PointDraft:
     path: str
     interval: float | None
     group: str | None
+    report_period: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +270,7 @@ class _MapDraft:
     path: str
     order: Order | None
     interval: float | None
+    report_period: float | None
     groups: Mapping[str, float]
     max_registers: int | None
     max_bits: int | None
@@ -276,6 +285,7 @@ def _read_map(t: Table) -> _MapDraft:
     order_s = t.optional_string("order")
     order = _order(t, "order", order_s) if order_s is not None else None
     interval = t.optional_number("interval", positive=True)
+    report_period = t.optional_number("report_period", positive=True)
     groups: dict[str, float] = {}
     groups_t = t.table("groups")
     if groups_t is not None:
@@ -303,6 +313,7 @@ def _read_map(t: Table) -> _MapDraft:
         _path(t),
         order,
         interval,
+        report_period,
         groups,
         max_registers,
         max_bits,
@@ -406,6 +417,10 @@ def _read_point(name: str, t: Table, default_order: Order) -> _PointDraft | None
     if t.has("deadband") and not on_change:
         t.problem("deadband", "applies only with on_change = true", deadband)
         ok = False
+    report_period = t.optional_number("report_period", positive=True)
+    if report_period is not None and not on_change:
+        t.problem("report_period", "applies only with on_change = true", report_period)
+        ok = False
     writable = t.boolean("writable", False)
     if writable and table in (RegisterTable.DISCRETE, RegisterTable.INPUT):
         t.problem("writable", f"{table.value}s are read-only in Modbus", True)
@@ -456,11 +471,11 @@ def _read_point(name: str, t: Table, default_order: Order) -> _PointDraft | None
     if point.end > 65535:
         t.problem("address", f"the value's {point.count} registers run past address 65535", raw_address)
         return None
-    return _PointDraft(point, _path(t), interval, group)
+    return _PointDraft(point, _path(t), interval, group, report_period)
 
 
 def _resolve_map(
-    device: Table, profile: _MapDraft | None, own: _MapDraft
+    device: Table, profile: _MapDraft | None, own: _MapDraft, report_period: float = DEFAULT_REPORT_PERIOD
 ) -> tuple[tuple[Point, ...], Limits] | None:
     """Merge a profile with the device's own map (the device wins; points and forbidden ranges add up)."""
 
@@ -473,6 +488,8 @@ def _resolve_map(
         return default
 
     interval = float(pick("interval", 1.0))  # type: ignore[arg-type]
+    # Point, then device, then profile, then the driver section.
+    map_period = float(pick("report_period", report_period))  # type: ignore[arg-type]
     groups = {**(profile.groups if profile else {}), **own.groups}
     limits = Limits(
         max_registers=int(pick("max_registers", MAX_REGISTERS)),  # type: ignore[call-overload]
@@ -515,7 +532,8 @@ def _resolve_map(
                     p.address,
                 )
                 ok = False
-        points.append(_with_interval(p, p_interval))
+        period = draft.report_period if draft.report_period is not None else map_period
+        points.append(_with_interval(p, p_interval, period))
     declared = own.declared + (profile.declared if profile else 0)
     if not points and ok and declared == 0:
         device.problem("points", "the device has no points (give points or a profile that has them)")
@@ -523,7 +541,7 @@ def _resolve_map(
     return (tuple(points), limits) if ok else None
 
 
-def _with_interval(p: Point, interval: float) -> Point:
+def _with_interval(p: Point, interval: float, report_period: float) -> Point:
     return Point(
         name=p.name,
         table=p.table,
@@ -538,6 +556,7 @@ def _with_interval(p: Point, interval: float) -> Point:
         interval=interval,
         on_change=p.on_change,
         deadband=p.deadband,
+        report_period=report_period,
         writable=p.writable,
         minimum=p.minimum,
         maximum=p.maximum,
@@ -590,8 +609,10 @@ def parse_config(section: Table | None, devices: Sequence[tuple[str, Table]]) ->
     buses: dict[str, SerialBus] = {}
     profiles: dict[str, _MapDraft] = {}
     default_connections = 1
+    report_period = DEFAULT_REPORT_PERIOD
     if section_t is not None:
         default_connections = section_t.integer("max_connections_per_host", 1, minimum=1, maximum=64)
+        report_period = section_t.number("report_period", DEFAULT_REPORT_PERIOD, positive=True)
         for bname, bt in section_t.named_entries("buses", what="bus"):
             buses[bname] = _read_bus(bname, bt)
         for mname, mt in section_t.named_entries("profiles", what="profile"):
@@ -655,7 +676,7 @@ def parse_config(section: Table | None, devices: Sequence[tuple[str, Table]]) ->
                 t.problem("profile", f"no such profile (profiles: {known})", profile_name)
         own = _read_map(t)
         t.finish()
-        resolved = _resolve_map(t, profile, own)
+        resolved = _resolve_map(t, profile, own, report_period)
         if resolved is None or link is None:
             infos.append(DeviceInfo(dname, DRIVER, ()))
             continue

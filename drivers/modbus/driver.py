@@ -70,7 +70,8 @@ class DeviceState:
     cycles: int = 0
     refused: dict[tuple[int, int, int], str] = field(default_factory=dict)
     by_name: dict[str, Point] = field(default_factory=dict)
-    last_emitted: dict[str, tuple[Value | None, Quality]] = field(default_factory=dict)
+    #: Per point: the value and quality last reported, and when (monotonic seconds).
+    last_emitted: dict[str, tuple[Value | None, Quality, float]] = field(default_factory=dict)
 
 
 class ModbusLinkDriver:
@@ -316,8 +317,10 @@ class ModbusLinkDriver:
 
     @staticmethod
     def _report_filter(st: DeviceState, readings: list[Reading]) -> list[Reading]:
-        """Drop on-change points whose value moved no more than their deadband since last reported."""
+        """Drop on-change points whose value moved no more than their deadband since last reported,
+        unless their report period has passed since then (reported again, unchanged)."""
         out: list[Reading] = []
+        now = time.monotonic()
         for r in readings:
             p = st.by_name[r.point]
             last = st.last_emitted.get(r.point)
@@ -325,10 +328,11 @@ class ModbusLinkDriver:
                 p.on_change
                 and last is not None
                 and last[1] is r.quality
+                and now - last[2] < p.report_period
                 and _unchanged(last[0], r.value, p.deadband)
             ):
                 continue
-            st.last_emitted[r.point] = (r.value, r.quality)
+            st.last_emitted[r.point] = (r.value, r.quality, now)
             out.append(r)
         return out
 

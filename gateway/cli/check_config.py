@@ -55,6 +55,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     summarise(config, sys.stdout)
     warn_shared_signer_key(config, sys.stdout)
+    if not args.offline and check_token_limits(config, sys.stdout) != ExitCode.OK:
+        return ExitCode.FAILURE
     return check_permissions(config, sys.stdout, offline=args.offline)
 
 
@@ -77,6 +79,28 @@ def warn_shared_signer_key(config: Config, out: TextIO) -> None:
         'at an issuer, `fieldgate identity new`), "file" (tokens written by an agent) or "azure" '
         "(Entra ID: Azure Arc managed identity or a per-gateway certificate). See gateway/auth/README.md.\n"
     )
+
+
+def check_token_limits(config: Config, out: TextIO) -> int:
+    """A token check-config can get (signer, file) against Event Grid's limits: 0, or 1 and the lines."""
+    from gateway.auth import make_token_source
+    from gateway.auth.limits import token_limit_lines
+    from gateway.config.uplink import UplinkConfig
+    from gateway.errors import TokenError
+    from gateway.permissions.report import token_available_offline
+
+    uplink = config.uplink
+    if not isinstance(uplink, UplinkConfig) or not token_available_offline(uplink):
+        return ExitCode.OK
+    try:
+        token = asyncio.run(make_token_source(uplink.token).get_token())
+    except TokenError:
+        return ExitCode.OK  # the permission check says why no token came
+    lines, problems = token_limit_lines(token)
+    if problems:
+        out.write("\n".join(lines) + "\n")
+        return ExitCode.FAILURE
+    return ExitCode.OK
 
 
 def check_permissions(config: Config, out: TextIO, *, offline: bool) -> int:

@@ -16,6 +16,7 @@ log = logging.getLogger("fieldgate.cli")
 
 def cmd_token(args: argparse.Namespace) -> int:
     from gateway.auth import Token, identity_model, token_report
+    from gateway.auth.limits import token_limit_lines
     from gateway.config.uplink import UplinkConfig
     from gateway.permissions.report import command_subscriptions, device_topics, report_lines
 
@@ -29,11 +30,13 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(f"{config.source}: no [uplink]: there is no token to fetch", file=sys.stderr)
         return 1
     denied = 0
+    over_limits = 0
 
     def permissions(token: Token) -> list[str]:
-        nonlocal denied
+        nonlocal denied, over_limits
+        limit_lines, over_limits = token_limit_lines(token)
         lines, denied = report_lines(uplink, token, device_topics(config), command_subscriptions(config))
-        return lines
+        return limit_lines + lines
 
     setup_logging("warning", "text")
     try:
@@ -42,4 +45,6 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(f"identity:  {identity_model(uplink.token)}")
         print(f"fieldgate token: {exc}", file=sys.stderr)
         return 1
+    if over_limits:
+        return ExitCode.FAILURE
     return ExitCode.NOT_GRANTED if denied else ExitCode.OK

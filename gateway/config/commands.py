@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from gateway.config.limits import MAX_SUBSCRIPTIONS
 from gateway.mqtt_topics import command_template_problem, render_filter
 from gateway.schema import Table
 
@@ -49,6 +50,14 @@ def parse_commands(table: Table | None, device_names: Collection[str]) -> Comman
     for name in devices:
         if name not in device_names:
             table.problem("devices", f"no device {name!r} in [devices]", name)
+    filters = len(devices) if devices else len(device_names)
+    if filters > MAX_SUBSCRIPTIONS:
+        which = "names" if devices else "is not set, so every device takes commands:"
+        table.problem(
+            "devices",
+            f"{which} {filters} devices, one command filter each: more than Event Grid's "
+            f"{MAX_SUBSCRIPTIONS} subscriptions per session (name at most {MAX_SUBSCRIPTIONS})",
+        )
     result = CommandsConfig(
         topic=topic,
         devices=devices,

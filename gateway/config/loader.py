@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.config.commands import parse_commands
+from gateway.config.limits import topic_problem
 from gateway.config.model import (
     Config,
     DeviceRoute,
@@ -60,6 +61,7 @@ def parse_config(text: str, source: Path, *, offline: bool = False) -> Config:
     metrics = parse_metrics(root.table_or_empty("metrics"))
     drivers, routes = _devices(root, telemetry)
     commands = parse_commands(root.table("commands"), {r.device.name for r in routes})
+    _check_topic_limits(root, telemetry, routes, gateway)
     root.finish()
     problems.raise_if_any()
     return Config(
@@ -210,6 +212,25 @@ def _devices(
             routes.append(DeviceRoute(device=device, topic=topic, batch=batch))
     routes.sort(key=lambda r: r.device.name)
     return tuple(setups), tuple(routes)
+
+
+def _check_topic_limits(
+    root: Table, telemetry: TelemetrySettings, routes: tuple[DeviceRoute, ...], gateway: GatewaySettings
+) -> None:
+    """Each device's longest rendered topic against Event Grid's size and level limits (once per device)."""
+    for route in routes:
+        device = route.device
+        names = [""] if route.batch else [p.name for p in device.points] or [""]
+        values = {"gateway": gateway.id, "site": gateway.site, "device": device.name, "driver": device.driver}
+        for point in names:
+            topic = route.topic.render({**values, "point": point})
+            why = topic_problem(topic)
+            if why is not None:
+                key = "telemetry.topic" if route.topic is telemetry.topic else f"devices.{device.name}.topic"
+                root.problems.add(
+                    key, f"{why} (device {device.name}{', point ' + point if point else ''})", topic
+                )
+                break
 
 
 def _valid_name(name: str) -> bool:

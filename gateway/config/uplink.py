@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from gateway.config.limits import audience_problem, subject_problem, topic_problem
 from gateway.config.permissions import PermissionsConfig, parse_permissions
 from gateway.schema import Secret, Table, default_of
 
@@ -182,6 +183,9 @@ class UplinkConfig:
     reconnect: ReconnectConfig = ReconnectConfig()
     birth: StatusMessageConfig | None = None
     will: StatusMessageConfig | None = None
+    #: Retained birth/will messages only on opt-in: Event Grid's retain is a preview (older namespaces
+    #: refuse a retained publish and close the connection).
+    allow_retain: bool = False
     #: None: topics are not checked before sending (no ``[uplink.permissions]``).
     permissions: PermissionsConfig | None = None
 
@@ -189,7 +193,9 @@ class UplinkConfig:
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
-def _parse_status(table: Table, *, will: bool) -> StatusMessageConfig:
+def _parse_status(
+    table: Table, *, will: bool, gateway_id: str, site: str, allow_retain: bool
+) -> StatusMessageConfig:
     topic = table.string("topic")
     for name in _PLACEHOLDER.findall(topic):
         if name not in PLACEHOLDERS:
@@ -201,6 +207,17 @@ def _parse_status(table: Table, *, will: bool) -> StatusMessageConfig:
     if qos == 2:
         table.problem("qos", "QoS 2 is not supported (Event Grid accepts QoS 0 and 1)", qos)
     retain = table.boolean("retain", False)
+    if retain and not allow_retain:
+        table.problem(
+            "retain",
+            "Event Grid may refuse a retained message and close the connection; "
+            "set uplink.allow_retain = true to opt in",
+            retain,
+        )
+    filled = topic.replace("{gateway}", gateway_id).replace("{site}", site)
+    too_big = topic_problem(filled) if topic else None
+    if too_big is not None:
+        table.problem("topic", too_big, filled)
     delay = table.integer("delay", 0, minimum=0, maximum=MAX_WILL_DELAY) if will else 0
     table.finish()
     return StatusMessageConfig(topic=topic, payload=payload, qos=min(qos, 1), retain=retain, delay=delay)
@@ -327,11 +344,16 @@ def _parse_token(table: Table, *, default_subject: str) -> TokenConfig:
         kid = table.optional_string("kid")
         issuer = table.string("issuer")
         subject = table.string("subject", default_subject)
+        bad_subject = subject_problem(subject) if subject else None
+        if bad_subject is not None:
+            table.problem("subject", bad_subject, subject)
         audience = table.strings("audience")
         if not table.has("audience"):
             table.problem("audience", "is required")
         elif not audience or not all(audience):
             table.problem("audience", "must name at least one non-empty audience", list(audience))
+        elif (bad_audience := audience_problem(audience)) is not None:
+            table.problem("audience", bad_audience, list(audience) if len(audience) > 1 else audience[0])
         lifetime = table.number("lifetime", 3600.0, minimum=5.0, maximum=24 * 3600.0)
         skew = table.number("not_before_skew", 60.0, minimum=0.0, maximum=3600.0)
         claims_table = table.table("claims")
@@ -408,10 +430,19 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
         reconnect_table.problem("max", f"must be at least reconnect.initial ({initial:g})", shown)
     reconnect_table.finish()
 
+    allow_retain = table.boolean("allow_retain", False)
     birth_table = table.table("birth")
-    birth = _parse_status(birth_table, will=False) if birth_table is not None else None
+    birth = (
+        _parse_status(birth_table, will=False, gateway_id=gateway_id, site=site, allow_retain=allow_retain)
+        if birth_table is not None
+        else None
+    )
     will_table = table.table("will")
-    will = _parse_status(will_table, will=True) if will_table is not None else None
+    will = (
+        _parse_status(will_table, will=True, gateway_id=gateway_id, site=site, allow_retain=allow_retain)
+        if will_table is not None
+        else None
+    )
     permissions_table = table.table("permissions")
     permissions = parse_permissions(permissions_table) if permissions_table is not None else None
 
@@ -443,5 +474,6 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
         reconnect=ReconnectConfig(initial=initial, maximum=max(maximum, initial)),
         birth=birth,
         will=will,
+        allow_retain=allow_retain,
         permissions=permissions,
     )

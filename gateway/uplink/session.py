@@ -22,6 +22,7 @@ message into its own bounded queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -37,8 +38,10 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.auth.token import Token, TokenSource
+from gateway.config.limits import MAX_SUBSCRIBES_PER_SECOND, MAX_SUBSCRIPTIONS
 from gateway.config.uplink import RefreshConfig, StatusMessageConfig, UplinkConfig
 from gateway.errors import ConnectRefused, TokenError, UplinkError
 
@@ -53,6 +56,7 @@ from gateway.uplink.mqtt_auth import (
     paho_logger,
     reason_name,
 )
+from gateway.uplink.subscriptions import batches, cover_filter
 
 log = logging.getLogger("fieldgate.uplink")
 
@@ -69,6 +73,11 @@ CONNACK_HINTS: dict[int, str] = {
     0x9D: "server moved: the broker redirects this client permanently",
     0x9F: "connection rate exceeded: retrying with backoff",
 }
+#: Content Type of JSON messages; with Payload Format Indicator 1 it makes Event Grid route the JSON as
+#: ``data`` rather than base64 in ``data_base64``.
+JSON_CONTENT_TYPE = "application/json"
+#: Bytes the two properties add to a PUBLISH: PFI (id, byte) and Content Type (id, length, text).
+JSON_PROPERTY_BYTES = 2 + 3 + len(JSON_CONTENT_TYPE)
 #: Keep this many distinct refused topics for "log once per topic"; beyond it, refusals log at debug.
 _MAX_REMEMBERED_TOPICS = 1024
 
@@ -100,9 +109,12 @@ class UplinkStats:
     subscriptions_refused: int = 0
 
 
-def publish_packet_size(topic: str, payload_len: int, qos: int) -> int:
-    """Bytes of the PUBLISH packet we send (no properties): what Maximum Packet Size limits."""
-    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + 1 + payload_len
+def publish_packet_size(topic: str, payload_len: int, qos: int, property_bytes: int = 0) -> int:
+    """Bytes of the PUBLISH packet we send: what Maximum Packet Size limits.
+
+    ``property_bytes`` are the properties' own bytes; property lengths stay below 128 (one length byte).
+    """
+    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + 1 + property_bytes + payload_len
     length_bytes = 1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2097152 else 4
     return 1 + length_bytes + remaining
 
@@ -176,8 +188,8 @@ class _Connection:
     open: bool = False
     #: Why we ended it ourselves (refresh refused/timed out), if we did.
     end_reason: str | None = None
-    #: Filters the broker refused (SUBACK >= 0x80) on this connection: not asked again on it.
-    refused_filters: set[str] = field(default_factory=set)
+    #: Filters the broker refused (SUBACK >= 0x80) on this connection, with when (monotonic) to ask again.
+    refused_filters: dict[str, float] = field(default_factory=dict)
 
     def end(self, reason: str) -> None:
         if self.end_reason is None:
@@ -209,6 +221,8 @@ class Uplink:
         self._connected = asyncio.Event()
         self._connected_since: float | None = None
         self._refused_topics: set[str] = set()
+        # Built once: paho only reads a PUBLISH's properties while packing it.
+        self._json_props = _json_properties()
         #: Called with each token the session starts using (connect, accepted refresh): permissions hook.
         self.token_listeners: list[Callable[[Token], None]] = []
         #: Called with (topic, reason code) for each publish the broker refused (PUBACK >= 0x80).
@@ -222,6 +236,9 @@ class Uplink:
         self._inbound = 0
         self._inbound_unmatched = 0
         self._subscriptions_refused = 0
+        #: Per refused filter: the backoff before the next attempt (cleared when it is granted).
+        self._refusal_backoff: dict[str, float] = {}
+        self._over_limit_logged = False
         self._failing: str | None = None
         self._failures = 0
         # counters
@@ -318,50 +335,112 @@ class Uplink:
         except Exception:
             log.exception("inbound message could not be handed over; acknowledged and dropped")
 
-    async def _keep_subscribed(self, conn: _Connection) -> None:
-        """Per connection: subscribe every wanted filter, then new ones as they are added or permitted."""
-        # Even with session present: see the module docstring (a kept session may have lost them).
-        # (The confirmed set was emptied when this connection's CONNACK was counted.)
-        while True:
-            self._subs_changed.clear()
-            for topic_filter, (_, permitted) in list(self._subscriptions.items()):
-                if topic_filter in self._confirmed or topic_filter in conn.refused_filters:
-                    continue
+    def _wanted_filters(self) -> list[str]:
+        """The filters to hold now: one granted wildcard replaces the filters it covers (Event Grid allows
+        50 subscriptions per session), the rest one by one; filters the grants refuse are left out."""
+        groups: dict[tuple[int, int], list[str]] = {}
+        for topic_filter, (handler, permitted) in self._subscriptions.items():
+            groups.setdefault((id(handler), id(permitted)), []).append(topic_filter)
+        wanted: dict[str, None] = {}
+        for members in groups.values():
+            permitted = self._subscriptions[members[0]][1]
+            cover = cover_filter(members)
+            if cover is not None and permitted is not None and permitted(cover) is True:
+                wanted[cover] = None
+                self._not_permitted.difference_update(members)
+                continue
+            for topic_filter in members:
                 if permitted is not None and permitted(topic_filter) is False:
                     self._not_permitted.add(topic_filter)
                     continue
                 self._not_permitted.discard(topic_filter)
-                await self._subscribe_one(conn, topic_filter)
-            await self._subs_changed.wait()
+                wanted[topic_filter] = None
+        out = list(wanted)
+        if len(out) > MAX_SUBSCRIPTIONS:
+            if not self._over_limit_logged:
+                self._over_limit_logged = True
+                log.error(
+                    "%d command filters but Event Grid allows %d subscriptions per session: subscribing "
+                    "the first %d (grant one wildcard filter covering every device to take them all)",
+                    len(out),
+                    MAX_SUBSCRIPTIONS,
+                    MAX_SUBSCRIPTIONS,
+                )
+            out = out[:MAX_SUBSCRIPTIONS]
+        return out
 
-    async def _subscribe_one(self, conn: _Connection, topic_filter: str) -> None:
+    async def _keep_subscribed(self, conn: _Connection) -> None:
+        """Per connection: subscribe every wanted filter, then new ones as they are added or permitted.
+
+        At most 10 filters per SUBSCRIBE and 5 SUBSCRIBEs per second (Event Grid's limits); a refused filter
+        is asked again after a backoff (doubling from reconnect.initial up to reconnect.max)."""
+        # Even with session present: see the module docstring (a kept session may have lost them).
+        # (The confirmed set was emptied when this connection's CONNACK was counted.)
+        spacing = 1.0 / MAX_SUBSCRIBES_PER_SECOND
+        last_sent = -spacing
+        while True:
+            self._subs_changed.clear()
+            now = time.monotonic()
+            wanted = self._wanted_filters()
+            due = [f for f in wanted if f not in self._confirmed and conn.refused_filters.get(f, 0.0) <= now]
+            for batch in batches(due):
+                pause = last_sent + spacing - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)  # pacing: at most 5 SUBSCRIBE packets per second
+                last_sent = time.monotonic()
+                await self._subscribe_batch(conn, batch)
+            retries = [t for f, t in conn.refused_filters.items() if f in wanted and f not in self._confirmed]
+            timeout = max(0.0, min(retries) - time.monotonic()) if retries else None
+            # A timeout: a refused filter's backoff has passed, ask again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subs_changed.wait(), timeout)
+
+    async def _subscribe_batch(self, conn: _Connection, batch: list[str]) -> None:
+        topics = [(f, SubscribeOptions(qos=1)) for f in batch]
         try:
-            codes = await conn.client.subscribe(topic_filter, qos=1, timeout=self._config.connect_timeout)
+            codes = await conn.client.subscribe(topics, timeout=self._config.connect_timeout)
         except aiomqtt.MqttError as exc:
             if conn.ended.done() or not conn.auth.is_connected():
                 # The connection is going away (the reconnect loop logs why); the next one tries again.
-                log.debug("subscribe to %r not completed: %s", topic_filter, exc)
+                log.debug("subscribe to %s not completed: %s", batch, exc)
                 await conn.ended
                 return
-            conn.refused_filters.add(topic_filter)
-            log.warning("subscribe to %r: %s; trying again on the next connection", topic_filter, exc)
+            for topic_filter in batch:
+                self._refuse_filter(conn, topic_filter, None, str(exc))
             return
-        first = codes[0] if codes else 0x80
-        code = first if isinstance(first, int) else int(first.value)
-        if code < 0x80:
-            self._confirmed.add(topic_filter)
-            log.info("subscribed to %r (QoS %d granted)", topic_filter, code)
-            return
-        conn.refused_filters.add(topic_filter)
-        self._subscriptions_refused += 1
-        hint = " (the token does not grant it)" if code == 0x87 else ""
-        log.warning(
-            "the broker refused the subscription to %r: SUBACK 0x%02X %s%s",
-            topic_filter,
-            code,
-            reason_name(PacketTypes.SUBACK, code),
-            hint,
-        )
+        for i, topic_filter in enumerate(batch):
+            entry = codes[i] if i < len(codes) else 0x80
+            code = entry if isinstance(entry, int) else int(entry.value)
+            if code < 0x80:
+                self._confirmed.add(topic_filter)
+                conn.refused_filters.pop(topic_filter, None)
+                if self._refusal_backoff.pop(topic_filter, None) is not None:
+                    log.info("subscribed to %r after earlier refusals (QoS %d granted)", topic_filter, code)
+                else:
+                    log.info("subscribed to %r (QoS %d granted)", topic_filter, code)
+            else:
+                hint = " (the token does not grant it)" if code == 0x87 else ""
+                self._refuse_filter(
+                    conn,
+                    topic_filter,
+                    code,
+                    f"SUBACK 0x{code:02X} {reason_name(PacketTypes.SUBACK, code)}{hint}",
+                )
+
+    def _refuse_filter(self, conn: _Connection, topic_filter: str, code: int | None, why: str) -> None:
+        reconnect = self._config.reconnect
+        previous = self._refusal_backoff.get(topic_filter)
+        delay = reconnect.initial if previous is None else min(previous * 2, reconnect.maximum)
+        self._refusal_backoff[topic_filter] = delay
+        conn.refused_filters[topic_filter] = time.monotonic() + delay
+        if code is not None:
+            self._subscriptions_refused += 1
+        if previous is None:
+            log.warning(
+                "the broker refused the subscription to %r: %s; asking again with backoff", topic_filter, why
+            )
+        else:
+            log.debug("subscription to %r still refused: %s; next try in %gs", topic_filter, why, delay)
 
     # -- sending ---------------------------------------------------------------------------------
     async def send(
@@ -377,7 +456,9 @@ class Uplink:
             return self._refuse_locally(future, message.topic, f"QoS {message.qos} is not supported (0 or 1)")
         # uplink.qos = 0 downgrades every message; with 1, each message keeps the QoS the router gave it.
         qos = min(message.qos, self._config.qos)
-        size = publish_packet_size(message.topic, len(message.payload), qos)
+        size = publish_packet_size(
+            message.topic, len(message.payload), qos, JSON_PROPERTY_BYTES if message.json else 0
+        )
         if correlation_data is not None:
             size += 3 + len(correlation_data) + 1  # property id, length, data; property length byte
         if size > self._config.max_message_bytes:
@@ -387,9 +468,9 @@ class Uplink:
         if conn.max_packet is not None and size > conn.max_packet:
             why = f"message of {size} bytes exceeds the broker's Maximum Packet Size ({conn.max_packet})"
             return self._refuse_locally(future, message.topic, why)
-        props: Properties | None = None
+        props: Properties | None = self._json_props if message.json else None
         if correlation_data is not None:
-            props = new_properties(PacketTypes.PUBLISH)
+            props = _json_properties() if message.json else new_properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation_data
         self._publish_on(
             conn,
@@ -798,6 +879,13 @@ class Uplink:
         finally:
             self._conn = None
             self._connected.clear()
+
+
+def _json_properties() -> Properties:
+    props = new_properties(PacketTypes.PUBLISH)
+    props.PayloadFormatIndicator = 1
+    props.ContentType = JSON_CONTENT_TYPE
+    return props
 
 
 def _bytes_or_none(value: object) -> bytes | None:

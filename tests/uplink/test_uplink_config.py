@@ -58,6 +58,7 @@ host = "127.0.0.1"
 port = 1884
 tls = false
 client_id = "gw-1-session"
+allow_retain = true  # the will below is retained
 username = "gw-1"
 keepalive = 1160
 session_expiry = 7200
