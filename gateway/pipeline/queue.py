@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.model import Quality, Reading
+from gateway.model import Quality, Reading, clean_reading
 from gateway.pipeline.router import Router
 from gateway.store import Store
 
@@ -51,6 +51,8 @@ class ReadingQueue:
         """The drivers' ``emit``: never blocks."""
         if not readings:
             return
+        # The boundary to the drivers: whatever a device sent is made safe to encode here, once.
+        readings = [clean_reading(r) for r in readings]
         counters = self.devices.get(readings[0].device)
         if counters is None:
             counters = self.devices[readings[0].device] = DeviceCounters()
@@ -90,21 +92,63 @@ class ReadingQueue:
         return self._cycles.popleft() if self._cycles else None
 
 
-async def route_forever(queue: ReadingQueue, router: Router, store: Store) -> None:
+@dataclass
+class SetAside:
+    """Poll cycles the router could not turn into messages (a bug met by a device's data): each is
+    logged with its traceback the first time per device, then at debug level until that device's
+    cycles route again, and counted; never retried."""
+
+    cycles: int = 0
+    readings: int = 0
+    _failing: set[str] = field(default_factory=set)
+
+    def hit(self, readings: Sequence[Reading]) -> None:
+        device = readings[0].device if readings else "?"
+        self.cycles += 1
+        self.readings += len(readings)
+        if device in self._failing:
+            log.debug("%s: poll cycle set aside again (%d so far)", device, self.cycles, exc_info=True)
+            return
+        self._failing.add(device)
+        log.exception(
+            "%s: a poll cycle of %d readings could not be routed; set aside (counted), the gateway goes on",
+            device,
+            len(readings),
+        )
+
+    def ok(self, readings: Sequence[Reading]) -> None:
+        if self._failing and readings and readings[0].device in self._failing:
+            self._failing.discard(readings[0].device)
+            log.info(
+                "%s: poll cycles are routed again (%d set aside so far)", readings[0].device, self.cycles
+            )
+
+
+def route_cycle(readings: Sequence[Reading], router: Router, store: Store, set_aside: SetAside) -> None:
+    """One poll cycle into the store; a cycle the router fails on is set aside, not retried."""
+    try:
+        messages = router.route(readings)
+    except Exception:
+        set_aside.hit(readings)
+        return
+    set_aside.ok(readings)
+    for message in messages:
+        store.append(message)
+
+
+async def route_forever(queue: ReadingQueue, router: Router, store: Store, set_aside: SetAside) -> None:
     """The router task: poll cycles in, messages into the store."""
     while True:
         readings = await queue.get()
-        for message in router.route(readings):
-            store.append(message)
+        route_cycle(readings, router, store, set_aside)
         # Let drivers and the pump run between cycles even when the queue is long.
         await asyncio.sleep(0)
 
 
-def route_pending(queue: ReadingQueue, router: Router, store: Store) -> int:
+def route_pending(queue: ReadingQueue, router: Router, store: Store, set_aside: SetAside) -> int:
     """Route whatever is queued now (shutdown flush). Returns the number of poll cycles routed."""
     count = 0
     while (readings := queue.get_nowait()) is not None:
-        for message in router.route(readings):
-            store.append(message)
+        route_cycle(readings, router, store, set_aside)
         count += 1
     return count
