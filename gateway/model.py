@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -67,7 +68,7 @@ def clean_reading(reading: Reading) -> Reading:
     data (the reading queue, command responses); returns ``reading`` itself when nothing had to change."""
     value = reading.value
     quality, reason = reading.quality, reading.reason
-    if isinstance(value, float) and not (value - value == 0.0):
+    if isinstance(value, float) and not math.isfinite(value):
         reason = f"{NOT_FINITE} ({value})" if quality is Quality.GOOD or not reason else reason
         value, quality = None, Quality.BAD
     elif isinstance(value, str):
@@ -92,7 +93,7 @@ def clean_reading(reading: Reading) -> Reading:
 
 def json_value(value: object) -> object:
     """A value for a JSON document: a float that is not finite becomes ``None`` (``null``)."""
-    if isinstance(value, float) and not (value - value == 0.0):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, str):
         return valid_text(value)

@@ -13,8 +13,8 @@ Unbatched, one reading::
 
 A reading that is not good carries ``"reason"``; a value that is not a finite number (a meter's NaN for
 "not available") goes out as ``null`` with quality ``bad`` and reason ``not a finite number (nan)``
-(``gateway.model.clean_reading``, the rule command responses follow too); a point sampled at another moment than the message's
-``ts`` carries its own ``"ts"``.
+(``gateway.model.clean_reading``, the rule command responses follow too); a point sampled at another
+moment than the message's ``ts`` carries its own ``"ts"``.
 """
 
 from __future__ import annotations
