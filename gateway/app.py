@@ -21,6 +21,7 @@ from gateway.commands.service import CommandService
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from gateway.model import CommandTransport, Driver, MessageSink
+from gateway.mqtt_topics import fill_template
 from gateway.pipeline.pump import PumpCounters, pump_forever
 from gateway.pipeline.queue import ReadingQueue, SetAside, route_forever, route_pending
 from gateway.pipeline.router import Router
@@ -85,9 +86,21 @@ class Gateway:
                     site=config.gateway.site,
                     devices=config.devices,
                     transport=sink,
+                    own_topic=self._own_topic,
                 )
             else:
                 log.warning("[commands] ignored: %s cannot subscribe (no uplink)", type(sink).__name__)
+
+    def _own_topic(self, topic: str) -> bool:
+        """The gateway's own publishing topics (telemetry, birth, will): never a command's response topic."""
+        uplink = self.config.uplink
+        if uplink is not None:
+            for status in (uplink.birth, uplink.will):
+                if status is not None and topic == fill_template(
+                    status.topic, gateway=self.config.gateway.id, site=self.config.gateway.site
+                ):
+                    return True
+        return self.router.produces(topic)
 
     # -- control -----------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -20,6 +20,7 @@ moment than the message's ``ts`` carries its own ``"ts"``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -83,6 +84,26 @@ class Router:
             )
             self._topics[key] = topic
         return topic
+
+    def produces(self, topic: str) -> bool:
+        """True when ``topic`` is one the router publishes (or would, for a point not seen yet)."""
+        for route in self._routes.values():
+            marker = "\x00"
+            pattern = re.escape(self.topic(route) if route.batch else self._render(route, marker))
+            if re.fullmatch(pattern.replace(re.escape(marker), "[^/]+"), topic):
+                return True
+        return False
+
+    def _render(self, route: DeviceRoute, point: str) -> str:
+        return route.topic.render(
+            {
+                "gateway": self.gateway_id,
+                "site": self.site,
+                "device": route.device.name,
+                "driver": route.device.driver,
+                "point": point,
+            }
+        )
 
     def route(self, readings: Sequence[Reading]) -> list[Message]:
         """One poll cycle of one device in, its messages out."""

@@ -138,6 +138,23 @@ class SnapshotCollector:
                 commands.add_metric([outcome], value)
             yield commands
 
+        restarts = CounterMetricFamily(
+            "fieldgate_task_restarts",
+            "Restarts of a supervised task after it crashed or ended (router, store, store.pump, ...)",
+            labels=["task"],
+        )
+        for task, value in sorted(snap.task_restarts.items()):
+            restarts.add_metric([task], value)
+        yield restarts
+        set_aside = CounterMetricFamily(
+            "fieldgate_set_aside",
+            "Items set aside, not retried, because handling them failed (readings, messages, commands)",
+            labels=["kind"],
+        )
+        for kind, value in sorted(snap.set_aside.items()):
+            set_aside.add_metric([kind], value)
+        yield set_aside
+
         u = snap.uplink
         yield gauge("fieldgate_uplink_connected", "1 while the MQTT session is up", bool(u.connected))
         if u.connected and u.connected_since is not None:
