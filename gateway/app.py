@@ -270,6 +270,7 @@ class Gateway:
                     raise
                 except Exception:
                     log.exception("%s crashed; restarting in %gs", driver.name, delay)
+                self.restarts.hit(driver.name)
                 with contextlib.suppress(Exception):
                     await driver.close()
                 await asyncio.sleep(delay)

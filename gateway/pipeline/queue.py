@@ -31,6 +31,8 @@ class DeviceCounters:
     #: The reason of the latest bad reading ("point: reason") and its time, kept after recovery.
     last_error: str | None = None
     last_error_at: float | None = None
+    #: Readings made safe at the boundary: text that was not valid Unicode, a value that was not finite.
+    repaired: int = 0
 
 
 @dataclass
@@ -52,10 +54,26 @@ class ReadingQueue:
         if not readings:
             return
         # The boundary to the drivers: whatever a device sent is made safe to encode here, once.
-        readings = [clean_reading(r) for r in readings]
-        counters = self.devices.get(readings[0].device)
+        cleaned = [clean_reading(r) for r in readings]
+        counters = self.devices.get(cleaned[0].device)
         if counters is None:
-            counters = self.devices[readings[0].device] = DeviceCounters()
+            counters = self.devices[cleaned[0].device] = DeviceCounters()
+        repaired = [(old, new) for old, new in zip(readings, cleaned, strict=True) if old is not new]
+        if repaired:
+            if not counters.repaired:
+                old, new = repaired[0]
+                log.warning(
+                    "%s: point %s sent %s; published as %r (%s), counted as repaired (logged once per device)",
+                    new.device,
+                    new.point,
+                    "a value that is not a finite number"
+                    if new.value is None and old.value is not None
+                    else "text that is not valid Unicode",
+                    new.value,
+                    new.quality.value,
+                )
+            counters.repaired += len(repaired)
+        readings = cleaned
         counters.cycles += 1
         counters.readings += len(readings)
         failing = 0

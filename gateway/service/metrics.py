@@ -81,13 +81,19 @@ class SnapshotCollector:
             "Sampling time of the latest reading, per device",
             labels=["device"],
         )
+        repaired = CounterMetricFamily(
+            "fieldgate_readings_repaired",
+            "Readings made safe at the driver boundary (invalid Unicode, non-finite values), per device",
+            labels=["device"],
+        )
         for name, device in devices:
+            repaired.add_metric([name], device.repaired)
             readings.add_metric([name], device.readings)
             bad.add_metric([name], device.bad)
             failing.add_metric([name], device.failing)
             if device.last_reading is not None:
                 last.add_metric([name], device.last_reading)
-        yield from (readings, bad, failing, last)
+        yield from (readings, bad, failing, last, repaired)
 
         p = snap.pipeline
         yield counter("fieldgate_messages_routed", "Messages the router made", p.messages)

@@ -80,6 +80,8 @@ class DeviceStatus:
     last_reading: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
+    #: Readings made safe at the driver boundary (invalid Unicode, non-finite values).
+    repaired: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +220,7 @@ def take_snapshot(
             last_reading=c.last_reading if c else None,
             last_error=c.last_error if c else None,
             last_error_at=c.last_error_at if c else None,
+            repaired=c.repaired if c else 0,
         )
     pump = gateway.pump_counters
     return Snapshot(
@@ -363,6 +366,7 @@ def format_status(snap: Snapshot, now: float, out: TextIO) -> None:
             f"last reading {_ago(snap.written_at - d.last_reading)} ago" if d.last_reading else "no reading"
         )
         health = f"{d.failing} points failing" if d.failing else "ok"
-        out.write(f"  {name} ({d.driver}): {health}, {last}, {d.readings} readings, {d.bad} bad\n")
+        repaired = f", {d.repaired} repaired" if d.repaired else ""
+        out.write(f"  {name} ({d.driver}): {health}, {last}, {d.readings} readings, {d.bad} bad{repaired}\n")
         if d.last_error is not None and d.last_error_at is not None:
             out.write(f"    last error {_ago(snap.written_at - d.last_error_at)} ago: {d.last_error}\n")
