@@ -63,7 +63,7 @@ class ReadingQueue:
             if not counters.repaired:
                 old, new = repaired[0]
                 log.warning(
-                    "%s: point %s sent %s; published as %r (%s), counted as repaired (logged once per device)",
+                    "%s: point %s sent %s; published as %r (%s), counted as repaired (logged once a device)",
                     new.device,
                     new.point,
                     "a value that is not a finite number"
