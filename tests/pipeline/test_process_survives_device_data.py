@@ -37,7 +37,7 @@ unit = "ug/m3"
 def messages(process: GatewayProcess) -> list[dict[str, object]]:
     out = []
     for line in process.stdout:
-        topic, _, payload = line.partition(" ")
+        _, _, payload = line.partition(" ")
         if payload.startswith("{"):
             out.append(json.loads(payload))
     return out
