@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway.config.commands import parse_commands
 from gateway.config.limits import topic_problem
 from gateway.config.model import (
+    SHUTDOWN_GRACE_MAX,
     Config,
     DeviceRoute,
     DriverSetup,
@@ -92,7 +93,10 @@ def _gateway(table: Table | None, problems: Problems) -> GatewaySettings:
         ),
         state_dir=table.path("state_dir", must_exist=False) or default_of(GatewaySettings, "state_dir"),
         shutdown_grace=table.number(
-            "shutdown_grace", default_of(GatewaySettings, "shutdown_grace"), minimum=0, maximum=300
+            "shutdown_grace",
+            default_of(GatewaySettings, "shutdown_grace"),
+            minimum=0,
+            maximum=SHUTDOWN_GRACE_MAX,
         ),
     )
     table.finish()
