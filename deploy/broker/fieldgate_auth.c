@@ -12,7 +12,11 @@
  * Options (plugin_opt_<name>):
  *   method            authentication method (default CUSTOM-JWT)
  *   issuer            required `iss` (required)
- *   audience          required member of `aud` (required)
+ *   audience          the namespace's audience (required); `aud` (a string or an array of strings)
+ *                     must hold the same host in one of Event Grid's documented spellings:
+ *                     `host`, `host/` or `https://host/`
+ *   max_auth_data     largest Authentication Data (token) in bytes (default 8192, Event Grid's limit)
+ *   max_sub_length    longest `sub` (authentication name) in characters (default 128)
  *   public_key_file   issuer public key, PEM (required)
  *   public_key_file_2 second issuer public key for rotation (optional)
  *   nbf_skew          seconds of clock skew tolerated on `nbf` (default 5)
@@ -65,6 +69,9 @@ struct fg_plugin {
 	char *method;
 	char *issuer;
 	char *audience;
+	char *audience_host; /* `audience` without scheme and trailing '/': what every spelling names */
+	long max_auth_data;
+	long max_sub_length;
 	unsigned char *keys[MAX_KEYS];
 	int key_len[MAX_KEYS];
 	int key_count;
@@ -196,23 +203,62 @@ static const char *check_header(const char *token)
 		problem = "header has no alg";
 	}else if(strcmp(alg->valuestring, "RS256")){
 		problem = "alg is not RS256";
-	}else if(typ && (!cJSON_IsString(typ) || strcasecmp(typ->valuestring, "JWT"))){
-		problem = "typ is not JWT";
+	}else if(!typ){
+		/* Event Grid requires `typ`; its page says JWS, its example shows JWT: both pass. */
+		problem = "header has no typ";
+	}else if(!cJSON_IsString(typ) || (strcasecmp(typ->valuestring, "JWT") && strcasecmp(typ->valuestring, "JWS"))){
+		problem = "typ is neither JWT nor JWS";
 	}
 	cJSON_Delete(header);
 	return problem;
 }
 
+/*
+ * The host an audience names: "https://host/", "host/" and "host" all name "host" (Event Grid
+ * documents these three spellings of the namespace's host). Writes at most `size` bytes; false
+ * for other shapes (another scheme, a path, an empty host).
+ */
+static bool audience_host(const char *aud, char *out, size_t size)
+{
+	const char *start = aud;
+	bool https = !strncasecmp(start, "https://", 8);
+	if(https) start += 8;
+	size_t len = strlen(start);
+	if(len && start[len - 1] == '/') len--;
+	else if(https) return false; /* the documented URL form ends with '/' */
+	if(len == 0 || len >= size || memchr(start, '/', len)) return false;
+	memcpy(out, start, len);
+	out[len] = '\0';
+	return true;
+}
+
+static bool audience_item_matches(const cJSON *item)
+{
+	char host[256];
+	return cJSON_IsString(item) && audience_host(item->valuestring, host, sizeof(host))
+			&& !strcasecmp(host, plugin.audience_host);
+}
+
 static bool audience_matches(const cJSON *aud)
 {
-	if(cJSON_IsString(aud)) return !strcmp(aud->valuestring, plugin.audience);
+	if(cJSON_IsString(aud)) return audience_item_matches(aud);
 	if(cJSON_IsArray(aud)){
 		const cJSON *item;
 		cJSON_ArrayForEach(item, aud){
-			if(cJSON_IsString(item) && !strcmp(item->valuestring, plugin.audience)) return true;
+			if(audience_item_matches(item)) return true;
 		}
 	}
 	return false;
+}
+
+/* Characters (code points) in a UTF-8 string: Event Grid counts the name's characters, not bytes. */
+static long utf8_length(const char *s)
+{
+	long n = 0;
+	for(; *s; s++){
+		if(((unsigned char)*s & 0xC0) != 0x80) n++;
+	}
+	return n;
 }
 
 /* NULL and `out` filled when the token is good; otherwise a static reason (never token text). */
@@ -220,6 +266,14 @@ static const char *verify_token(const void *data, uint16_t len, struct fg_verifi
 {
 	memset(out, 0, sizeof(*out));
 	if(!data || len == 0) return "no authentication data (token) in packet";
+	/* Event Grid's Authentication Data limit (8 KB): a bigger token never reaches the verifier. */
+	if((long)len > plugin.max_auth_data){
+		/* mosquitto runs plugins on one thread: a static buffer is safe for the caller's log line. */
+		static char reason[160];
+		snprintf(reason, sizeof(reason), "authentication data is %u bytes, over the limit of %ld", (unsigned)len,
+				plugin.max_auth_data);
+		return reason;
+	}
 	char *token = malloc((size_t)len + 1);
 	if(!token) return "out of memory";
 	memcpy(token, data, len);
@@ -270,6 +324,12 @@ static const char *verify_token(const void *data, uint16_t len, struct fg_verifi
 	if(!cJSON_IsString(iss)) problem = "iss missing";
 	else if(strcmp(iss->valuestring, plugin.issuer)) problem = "iss is not the configured issuer";
 	else if(!cJSON_IsString(sub) || sub->valuestring[0] == '\0') problem = "sub missing";
+	else if(utf8_length(sub->valuestring) > plugin.max_sub_length){
+		static char reason[160];
+		snprintf(reason, sizeof(reason), "sub is %ld characters, over the authentication name limit of %ld",
+				utf8_length(sub->valuestring), plugin.max_sub_length);
+		problem = reason;
+	}
 	else if(!aud) problem = "aud missing";
 	else if(!audience_matches(aud)) problem = "aud does not contain the configured audience";
 	else if(!cJSON_IsNumber(exp)) problem = "exp missing";
@@ -542,6 +602,7 @@ static void release_config(void)
 	free(plugin.method);
 	free(plugin.issuer);
 	free(plugin.audience);
+	free(plugin.audience_host);
 	free(plugin.publish_claim);
 	free(plugin.subscribe_claim);
 	fg_list_free(&plugin.perm.publish_templates);
@@ -557,6 +618,22 @@ static void release_config(void)
 static char *dup_or_null(const char *s)
 {
 	return (s && s[0] && strcmp(s, "-")) ? strdup(s) : NULL;
+}
+
+/* A positive integer option, or `fallback` when absent; -1 (logged) when malformed. */
+static int parse_limit(struct mosquitto_opt *options, int count, const char *key, long fallback, long *out)
+{
+	const char *text = option(options, count, key);
+	*out = fallback;
+	if(!text || !text[0]) return 0;
+	char *end = NULL;
+	errno = 0;
+	*out = strtol(text, &end, 10);
+	if(errno || !end || *end || *out < 1){
+		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "plugin_opt_%s '%s' is not a positive number", key, text);
+		return -1;
+	}
+	return 0;
 }
 
 static int configure(struct mosquitto_opt *options, int count)
@@ -591,6 +668,14 @@ static int configure(struct mosquitto_opt *options, int count)
 			return -1;
 		}
 	}
+	if(parse_limit(options, count, "max_auth_data", 8192, &plugin.max_auth_data)) return -1;
+	if(parse_limit(options, count, "max_sub_length", 128, &plugin.max_sub_length)) return -1;
+	char host[256];
+	if(!audience_host(audience, host, sizeof(host)) || !(plugin.audience_host = strdup(host))){
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				LOG_PREFIX "plugin_opt_audience '%s' is not 'host', 'host/' or 'https://host/'", audience);
+		return -1;
+	}
 	if(load_key(key1)) return -1;
 	if(key2 && key2[0] && load_key(key2)) return -1;
 
@@ -608,8 +693,9 @@ static int configure(struct mosquitto_opt *options, int count)
 		}
 	}
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
-			LOG_PREFIX "method '%s', issuer '%s', audience '%s', %d issuer key(s), claims '%s'/'%s', %zu publish / %zu subscribe templates",
-			plugin.method, plugin.issuer, plugin.audience, plugin.key_count,
+			LOG_PREFIX "method '%s', issuer '%s', audience host '%s', %d issuer key(s), token <= %ld bytes, sub <= %ld characters, claims '%s'/'%s', %zu publish / %zu subscribe templates",
+			plugin.method, plugin.issuer, plugin.audience_host, plugin.key_count, plugin.max_auth_data,
+			plugin.max_sub_length,
 			plugin.publish_claim ? plugin.publish_claim : "", plugin.subscribe_claim ? plugin.subscribe_claim : "",
 			plugin.perm.publish_templates.count, plugin.perm.subscribe_templates.count);
 	return 0;
