@@ -260,6 +260,7 @@ class Relay:
         self.last_forwarded_qos1: int | None = None
         self.subscribes: dict[int, PendingSubscribe] = {}
         self.closing = False
+        self.final = b""
         self.now = 0.0
         self.back: list[bytes] = []
         peer = client.get_extra_info("peername")
@@ -292,9 +293,10 @@ class Relay:
                 stop = body + length
                 if stop - pos > limits.max_packet:
                     self.refuse_and_close(
-                        disconnect(RC_PACKET_TOO_LARGE), f"packet of {stop - pos} bytes (0x95)"
+                        disconnect(RC_PACKET_TOO_LARGE),
+                        f"packet of {stop - pos} bytes refused: DISCONNECT 0x95",
                     )
-                    return
+                    break
                 if stop > end:
                     break
                 kind = first >> 4
@@ -309,7 +311,7 @@ class Relay:
                     self.on_connect(buf, body, stop)
                 if verdict is not None:
                     if self.closing:
-                        return
+                        break  # what came before the offending packet still goes to mosquitto
                     if run_start < pos:
                         out.append(bytes(buf[run_start:pos]))
                     if verdict:
@@ -324,7 +326,14 @@ class Relay:
         del buf[:pos]
         if out:
             self.send_upstream(b"".join(out))
-        if back:
+        if self.closing:
+            back.append(self.final)
+            self.client.write(b"".join(back))
+            self.client.close()
+            if self.upstream is not None:
+                self.upstream.close()  # after writing what it was sent
+            buf.clear()
+        elif back:
             self.client.write(b"".join(back))
 
     def send_upstream(self, data: bytes) -> None:
@@ -544,11 +553,9 @@ class Relay:
             self.session.log_limited(message) if "throttled" in message else log(message)
         else:
             log(f"connection from {self.peer}: {message}")
+        # from_client sends `answer` after the packets already answered, then closes both sides.
         self.closing = True
-        self.client.write(answer)
-        self.client.close()
-        if self.upstream is not None:
-            self.upstream.close()
+        self.final = answer
 
     # -- mosquitto -> client -------------------------------------------------------------------
     def from_upstream(self, data: bytes) -> None:
