@@ -120,8 +120,8 @@ class Session:
     log_budget: int = LOG_LINES_PER_SECOND
     suppressed: int = 0
 
-    def note_forwarded(self, size: int, now_wall: float) -> None:
-        second = int(now_wall)
+    def note_forwarded(self, size: int, now: float) -> None:
+        second = int(now)  # whole seconds of the monotonic clock: windows of one second
         if second != self.second:
             self.close_second()
             self.second = second
@@ -268,8 +268,8 @@ class Relay:
 
     # -- client -> mosquitto -------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
-        buf = self.cbuf
-        buf += data
+        # Usually a chunk holds whole packets: parse `data` itself and forward it uncopied.
+        buf: bytes | bytearray = self.cbuf + data if self.cbuf else data
         end = len(buf)
         pos = 0
         run_start = 0  # start of the run of packets forwarded unchanged
@@ -321,18 +321,20 @@ class Relay:
         except (ValueError, IndexError):
             # Malformed: pass the rest to mosquitto, which answers it as it does (DISCONNECT 0x81).
             pos = end
-        if run_start < pos:
+        if run_start == 0 and pos == end:
+            out.append(buf)  # nothing refused: the chunk as it came
+        elif run_start < pos:
             out.append(bytes(buf[run_start:pos]))
-        del buf[:pos]
+        self.cbuf = bytearray(buf[pos:]) if pos < end else bytearray()
         if out:
-            self.send_upstream(b"".join(out))
+            self.send_upstream(out[0] if len(out) == 1 else b"".join(out))
         if self.closing:
             back.append(self.final)
             self.client.write(b"".join(back))
             self.client.close()
             if self.upstream is not None:
                 self.upstream.close()  # after writing what it was sent
-            buf.clear()
+            self.cbuf = bytearray()
         elif back:
             self.client.write(b"".join(back))
 
@@ -342,7 +344,7 @@ class Relay:
         else:
             self.upstream.write(data)
 
-    def on_connect(self, buf: bytearray, body: int, stop: int) -> None:
+    def on_connect(self, buf: bytes | bytearray, body: int, stop: int) -> None:
         name_len = (buf[body] << 8) | buf[body + 1]
         p = body + 2 + name_len
         version = buf[p]
@@ -356,7 +358,7 @@ class Relay:
         self.session.counters["connections"] += 1
         self.proxy.stats.dirty = True
 
-    def on_publish(self, buf: bytearray, first: int, pos: int, body: int, stop: int) -> bytes | None:
+    def on_publish(self, buf: bytes | bytearray, first: int, pos: int, body: int, stop: int) -> bytes | None:
         """None to forward the PUBLISH as it is, b"" to drop it (answered in `self.back`)."""
         session = self.session
         now, back = self.now, self.back
@@ -441,7 +443,7 @@ class Relay:
             self.last_forwarded_qos1 = packet_id
         counters["publishes_forwarded"] += 1
         counters["bytes_forwarded"] += size
-        session.note_forwarded(size, time.time())
+        session.note_forwarded(size, now)
         return None
 
     def answer_puback(self, packet_id: int, reason: int, back: list[bytes]) -> None:
@@ -452,7 +454,7 @@ class Relay:
         else:
             back.append(answer)
 
-    def on_subscribe(self, buf: bytearray, body: int, stop: int) -> bytes | None:
+    def on_subscribe(self, buf: bytes | bytearray, body: int, stop: int) -> bytes | None:
         """Like on_publish; a SUBSCRIBE with some filters refused is forwarded without them."""
         session = self.session
         now, back = self.now, self.back
@@ -537,7 +539,7 @@ class Relay:
         # `props` still holds its length prefix: it is copied as it came.
         return packet(0x82, packet_id.to_bytes(2, "big") + props + kept)
 
-    def on_unsubscribe(self, buf: bytearray, body: int, stop: int) -> None:
+    def on_unsubscribe(self, buf: bytes | bytearray, body: int, stop: int) -> None:
         if self.session is None:
             return
         props_len, p = read_varint(buf, body + 2, stop) or (0, body + 2)
@@ -559,8 +561,7 @@ class Relay:
 
     # -- mosquitto -> client -------------------------------------------------------------------
     def from_upstream(self, data: bytes) -> None:
-        buf = self.ubuf
-        buf += data
+        buf: bytes | bytearray = self.ubuf + data if self.ubuf else data
         end = len(buf)
         pos = 0
         run_start = 0
@@ -601,11 +602,13 @@ class Relay:
                 # No session present: mosquitto holds no subscriptions for this client id.
                 self.session.subscriptions.clear()
             pos = stop
-        if run_start < pos:
+        if run_start == 0 and pos == end:
+            out.append(buf)
+        elif run_start < pos:
             out.append(bytes(buf[run_start:pos]))
-        del buf[:pos]
+        self.ubuf = bytearray(buf[pos:]) if pos < end else bytearray()
         if out:
-            self.client.write(b"".join(out))
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
 
     def on_suback(self, packet_id: int, body: bytes) -> bytes | None:
         pend = self.subscribes.pop(packet_id, None)
