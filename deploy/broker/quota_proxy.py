@@ -107,9 +107,9 @@ class Session:
     """What Event Grid limits per session: keyed by client id, kept across reconnects."""
 
     client_id: str
-    publishes: Bucket
-    bytes: Bucket
-    subscribes: Bucket
+    publish_bucket: Bucket
+    byte_bucket: Bucket
+    subscribe_bucket: Bucket
     subscriptions: set[bytes] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # Publishes and bytes forwarded per wall-clock second, to report the peak rate.
@@ -248,7 +248,7 @@ class Relay:
         self.limits = proxy.limits
         self.client = client
         self.upstream: asyncio.Transport | None = None
-        self.early: list[bytes] = []  # client bytes that came before the upstream connection
+        self.early: list[bytes | bytearray] = []  # client bytes that came before the upstream connection
         self.cbuf = bytearray()
         self.ubuf = bytearray()
         self.session: Session | None = None
@@ -273,7 +273,7 @@ class Relay:
         end = len(buf)
         pos = 0
         run_start = 0  # start of the run of packets forwarded unchanged
-        out: list[bytes] = []
+        out: list[bytes | bytearray] = []
         # Packets the proxy answers the client with; one clock reading serves the whole chunk.
         back: list[bytes] = []
         self.back = back
@@ -338,7 +338,7 @@ class Relay:
         elif back:
             self.client.write(b"".join(back))
 
-    def send_upstream(self, data: bytes) -> None:
+    def send_upstream(self, data: bytes | bytearray) -> None:
         if self.upstream is None:
             self.early.append(data)
         else:
@@ -410,10 +410,10 @@ class Relay:
         elif qos and self.inflight and self.inflight_bytes + size > limits.inflight_bytes:
             # (With nothing in flight any publish passes: one up to 512 KiB must be possible.)
             reason, key = f"in-flight {limits.inflight_bytes} bytes", "throttled_inflight_bytes"
-        elif not session.publishes.take(1, now):
+        elif not session.publish_bucket.take(1, now):
             reason, key = f"rate {limits.publish_rate:g}/s", "throttled_rate"
-        elif not session.bytes.take(size, now):
-            session.publishes.tokens += 1  # not forwarded: give the message token back
+        elif not session.byte_bucket.take(size, now):
+            session.publish_bucket.tokens += 1  # not forwarded: give the message token back
             reason, key = f"bandwidth {limits.byte_rate:g} B/s", "throttled_bytes"
         if reason is not None:
             counters[key] += 1
@@ -483,7 +483,7 @@ class Relay:
             back.append(suback(packet_id, b"\x00", [RC_QUOTA_EXCEEDED] * len(entries)))
             return b""
 
-        if not session.subscribes.take(1, now):
+        if not session.subscribe_bucket.take(1, now):
             return refuse_all(f"rate {limits.subscribe_rate:g} SUBSCRIBE/s", "throttled_subscribe_rate")
         if len(entries) > limits.filters_per_subscribe:
             return refuse_all(
@@ -552,7 +552,7 @@ class Relay:
 
     def refuse_and_close(self, answer: bytes, message: str) -> None:
         if self.session is not None:
-            self.session.log_limited(message) if "throttled" in message else log(message)
+            self.session.log_limited(message)
         else:
             log(f"connection from {self.peer}: {message}")
         # from_client sends `answer` after the packets already answered, then closes both sides.
@@ -565,7 +565,7 @@ class Relay:
         end = len(buf)
         pos = 0
         run_start = 0
-        out: list[bytes] = []
+        out: list[bytes | bytearray] = []
         inflight = self.inflight
         after = self.after
         while end - pos >= 2:
@@ -598,8 +598,11 @@ class Relay:
                     out.append(bytes(buf[run_start:pos]))
                     out.append(replaced)
                     run_start = stop
-            elif kind == CONNACK and self.session is not None and not buf[body] & 0x01:
-                # No session present: mosquitto holds no subscriptions for this client id.
+            elif (
+                kind == CONNACK and self.session is not None and not buf[body] & 0x01 and buf[body + 1] < 0x80
+            ):
+                # Accepted without a session present: mosquitto holds no subscriptions for this
+                # client id any more. (A refused CONNECT leaves another connection's session alone.)
                 self.session.subscriptions.clear()
             pos = stop
         if run_start == 0 and pos == end:
@@ -853,10 +856,9 @@ async def serve(args: argparse.Namespace, child: subprocess.Popen[bytes]) -> int
             f"{'allowed' if limits.allow_retain else 'refused'}, throttle answer {limits.throttle}"
         )
         writer = loop.create_task(stats.writer(0.1))
-        exited = loop.run_in_executor(None, child.wait)
-        done, _ = await asyncio.wait(
-            [loop.create_task(stop.wait()), exited], return_when=asyncio.FIRST_COMPLETED
-        )
+        exited: asyncio.Future[Any] = loop.run_in_executor(None, child.wait)
+        stopped: asyncio.Future[Any] = loop.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopped, exited], return_when=asyncio.FIRST_COMPLETED)
         if exited in done:
             log(f"mosquitto exited with {child.returncode}: stopping")
             code = child.returncode or 1
