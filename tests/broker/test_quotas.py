@@ -51,7 +51,7 @@ RATE = 20  # publishes per second in the rate tests
 
 
 def start_broker(keys: IssuerKeys, **limits: Any) -> LocalBroker:
-    return LocalBroker(keys_dir=keys.directory, **limits).start()
+    return LocalBroker(keys_dir=keys.directory, quotas=True, **limits).start()
 
 
 @pytest.fixture(scope="module")
