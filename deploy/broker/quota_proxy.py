@@ -70,6 +70,11 @@ class Limits:
     throttle: str  # "puback" or "disconnect"
 
 
+def number(value: float) -> str:
+    """1000000 rather than 1e+06 in log lines."""
+    return f"{value:.0f}" if value == int(value) else f"{value:g}"
+
+
 def log(message: str) -> None:
     # One write per line: mosquitto writes to the same file, lines must not interleave.
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -411,10 +416,10 @@ class Relay:
             # (With nothing in flight any publish passes: one up to 512 KiB must be possible.)
             reason, key = f"in-flight {limits.inflight_bytes} bytes", "throttled_inflight_bytes"
         elif not session.publish_bucket.take(1, now):
-            reason, key = f"rate {limits.publish_rate:g}/s", "throttled_rate"
+            reason, key = f"rate {number(limits.publish_rate)}/s", "throttled_rate"
         elif not session.byte_bucket.take(size, now):
             session.publish_bucket.tokens += 1  # not forwarded: give the message token back
-            reason, key = f"bandwidth {limits.byte_rate:g} B/s", "throttled_bytes"
+            reason, key = f"bandwidth {number(limits.byte_rate)} B/s", "throttled_bytes"
         if reason is not None:
             counters[key] += 1
             if limits.throttle == "disconnect":
@@ -484,7 +489,7 @@ class Relay:
             return b""
 
         if not session.subscribe_bucket.take(1, now):
-            return refuse_all(f"rate {limits.subscribe_rate:g} SUBSCRIBE/s", "throttled_subscribe_rate")
+            return refuse_all(f"rate {number(limits.subscribe_rate)} SUBSCRIBE/s", "throttled_subscribe_rate")
         if len(entries) > limits.filters_per_subscribe:
             return refuse_all(
                 f"{len(entries)} filters, limit {limits.filters_per_subscribe}",
@@ -848,10 +853,10 @@ async def serve(args: argparse.Namespace, child: subprocess.Popen[bytes]) -> int
         stats.write()
         log(
             f"listening on 127.0.0.1:{args.port}{' (TLS)' if context else ''}, "
-            f"mosquitto on 127.0.0.1:{args.upstream_port}; per session: {limits.publish_rate:g} "
-            f"publishes/s, {limits.byte_rate:g} B/s, in flight {limits.inflight_messages} messages / "
+            f"mosquitto on 127.0.0.1:{args.upstream_port}; per session: {number(limits.publish_rate)} "
+            f"publishes/s, {number(limits.byte_rate)} B/s, in flight {limits.inflight_messages} messages / "
             f"{limits.inflight_bytes} B, topics <= {limits.topic_bytes} B and {limits.topic_levels} "
-            f"levels, {limits.subscriptions} subscriptions, {limits.subscribe_rate:g} SUBSCRIBE/s, "
+            f"levels, {limits.subscriptions} subscriptions, {number(limits.subscribe_rate)} SUBSCRIBE/s, "
             f"{limits.filters_per_subscribe} filters per SUBSCRIBE, retain "
             f"{'allowed' if limits.allow_retain else 'refused'}, throttle answer {limits.throttle}"
         )
@@ -862,6 +867,8 @@ async def serve(args: argparse.Namespace, child: subprocess.Popen[bytes]) -> int
         if exited in done:
             log(f"mosquitto exited with {child.returncode}: stopping")
             code = child.returncode or 1
+        else:
+            log("stopping mosquitto and the proxy (signal)")
         writer.cancel()
     except (RuntimeError, OSError) as exc:
         log(f"cannot start: {exc}")
