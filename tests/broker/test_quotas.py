@@ -220,6 +220,27 @@ def test_the_session_sustains_its_rate_and_is_not_throttled_below_it(
     assert rate_broker.session_stats(cid_of(request)).get("puback_0x97", 0) == 0
 
 
+def test_qos0_publishes_over_the_rate_are_dropped_and_counted(
+    rate_broker: LocalBroker, connect: Connect, request: pytest.FixtureRequest
+) -> None:
+    client = connect(rate_broker)
+    client.sock.sendall(b"".join(publish_packet("q/zero", b"z", 0, qos=0) for _ in range(3 * RATE)))
+    client.ping()  # answered after the burst was handled: the connection stays
+
+    counters = rate_broker.wait_for_stats(
+        lambda s: (
+            sum(
+                s["sessions"].get(cid_of(request), {}).get(k, 0)
+                for k in ("dropped_qos0", "publishes_forwarded")
+            )
+            == 3 * RATE
+        )
+    )["sessions"][cid_of(request)]
+    assert counters["dropped_qos0"] == counters["throttled_rate"] > 0
+    assert counters.get("puback_0x97", 0) == 0
+    rate_broker.wait_for_log(f"client '{cid_of(request)}' publish throttled: dropped (QoS 0) (rate 20/s)")
+
+
 def test_in_disconnect_mode_a_burst_over_the_rate_gets_disconnect_0x97(
     disconnect_broker: LocalBroker, connect: Connect, request: pytest.FixtureRequest
 ) -> None:
