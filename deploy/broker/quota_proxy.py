@@ -475,6 +475,8 @@ class Relay:
             n = (buf[p] << 8) | buf[p + 1]
             entries.append((bytes(buf[p + 2 : p + 2 + n]), buf[p + 2 + n]))
             p += 3 + n
+        if not entries:
+            return None  # a protocol error: mosquitto answers it
         counters = session.counters
         self.proxy.stats.dirty = True
         cid = session.client_id
@@ -542,7 +544,7 @@ class Relay:
             if c is None
         )
         # `props` still holds its length prefix: it is copied as it came.
-        return packet(0x82, packet_id.to_bytes(2, "big") + props + kept)
+        return packet((SUBSCRIBE << 4) | 0x02, packet_id.to_bytes(2, "big") + props + kept)
 
     def on_unsubscribe(self, buf: bytes | bytearray, body: int, stop: int) -> None:
         if self.session is None:
