@@ -8,10 +8,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import jwt
 import pytest
 
-from tests.support.broker import LocalBroker
+from gateway.uplink.probe import altered_signature
+from tests.support.broker import DEFAULT_AUDIENCE, LocalBroker
 from tests.support.process import GatewayProcess
+from tests.support.tokens import generate_rsa_key_pair, mint_token
 
 pytestmark = pytest.mark.broker
 
@@ -184,3 +187,15 @@ async def test_a_broker_that_refuses_the_identity_is_exit_1_with_the_reason(tmp_
     assert code == 1, lines
     assert rows["connect"] == "connection refused: CONNACK 0x87 Not authorized"
     assert "over-rate burst" not in rows
+
+
+def test_the_altered_token_keeps_header_and_claims_and_fails_only_its_signature(tmp_path: Path) -> None:
+    private, public = generate_rsa_key_pair(tmp_path, "issuer")
+    for n in range(20):  # tokens whose signatures start with every kind of character
+        token = mint_token(private, sub=f"gw-{n}")
+        bad = altered_signature(token)
+        assert bad != token and bad.rsplit(".", 1)[0] == token.rsplit(".", 1)[0]
+        key = public.read_text()
+        assert jwt.decode(token, key, algorithms=["RS256"], audience=DEFAULT_AUDIENCE)["sub"] == f"gw-{n}"
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(bad, key, algorithms=["RS256"], audience=DEFAULT_AUDIENCE)
