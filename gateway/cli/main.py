@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from gateway import __version__
 from gateway.cli.check_config import cmd_check_config
 from gateway.cli.identity import register as register_identity
+from gateway.cli.probe import register as register_probe
 from gateway.cli.run import cmd_run
 from gateway.cli.status import register as register_status
 from gateway.cli.token import cmd_token
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(handler=cmd_token)
 
     register_identity(sub)
+    register_probe(sub)
 
     for ep in sorted(entry_points(group=CLI_ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:

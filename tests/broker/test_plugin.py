@@ -435,12 +435,13 @@ def test_the_broker_log_never_contains_a_token(
 # -- TLS ----------------------------------------------------------------------------------------
 
 
-def test_the_broker_speaks_tls_with_a_dev_ca(issuer_keys: IssuerKeys, tmp_path: Any) -> None:
+@pytest.mark.parametrize("quotas", [True, False], ids=["proxy terminates TLS", "mosquitto alone"])
+def test_the_broker_speaks_tls_with_a_dev_ca(issuer_keys: IssuerKeys, tmp_path: Any, quotas: bool) -> None:
     keys = tmp_path / "keys"
     keys.mkdir()
     for name in ("issuer.key", "issuer.pem"):
         (keys / name).write_bytes((issuer_keys.directory / name).read_bytes())
-    with LocalBroker(keys_dir=keys, tls=True) as tls_broker:
+    with LocalBroker(keys_dir=keys, tls=True, quotas=quotas) as tls_broker:
         assert tls_broker.ca_path is not None
         minter = TokenMinter(tls_broker)
         client = MqttV5Client(tls_broker.host, tls_broker.port, tls_ca=str(tls_broker.ca_path))
