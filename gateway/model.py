@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 #: Entry-point group in which driver plugins are registered.
 DRIVER_ENTRY_POINT_GROUP = "fieldgate.drivers"
 
+#: Seconds after which a point reported only on change (``on_change``) is reported although unchanged, in
+#: every driver: a change lost upstream (a final refusal, an overflow) heals, and a consumer tells
+#: "unchanged" from "gateway gone".
+DEFAULT_REPORT_PERIOD = 600.0
+
 Value = bool | int | float | str
 
 

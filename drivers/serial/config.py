@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.model import DeviceInfo, PointInfo
+from gateway.model import DEFAULT_REPORT_PERIOD, DeviceInfo, PointInfo
 from gateway.schema import SerialLine, Table, read_serial_line
 
 Checksum = Literal["none", "nmea", "crc16-modbus", "sum8"]
@@ -25,10 +25,6 @@ PointType = Literal["float", "int", "bool", "string"]
 #: Largest binary frame (payload for delimited/length framing); serial instruments send far smaller ones.
 MAX_BINARY_FRAME = 4096
 MAX_HEADERLESS_FRAME = 256
-#: Seconds after which an on-change point is reported although unchanged: a change lost upstream (a
-#: final refusal, an overflow) heals, and a consumer tells "unchanged" from "gateway gone". The same
-#: value as the Modbus driver's (drivers may not import each other).
-DEFAULT_REPORT_PERIOD = 600.0
 CHECKSUM_SIZES: dict[str, int] = {"none": 0, "nmea": 0, "crc16-modbus": 2, "sum8": 1}
 _BINARY_CHECKSUMS = ("none", "crc16-modbus", "sum8")
 #: Fields the NMEA parser produces (each also with a sentence prefix, e.g. ``GGA.latitude``).

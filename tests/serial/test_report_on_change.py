@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 import pytest
 
 from drivers.serial import plugin
-from drivers.serial.config import DEFAULT_REPORT_PERIOD, SerialConfig
+from drivers.serial.config import SerialConfig
 from drivers.serial.driver import SerialDriver
-from gateway.model import Quality
+from gateway.model import DEFAULT_REPORT_PERIOD, Quality
 from gateway.schema import Problems, Table
 from tests.support.serial import Collector, Pty, Responder, device_from_toml, wait_for
 
