@@ -153,9 +153,13 @@ class Session:
         self.second_publishes = self.second_bytes = 0
 
     def counted(self) -> dict[str, int]:
-        """Every counter, the hot ones included."""
-        self.close_second()
+        """Every counter, the hot ones included. The second under way counts towards the peaks
+        but keeps counting: closing it here would make the peaks those of the stats interval."""
         counters = dict(self.counters)
+        counters["peak_publishes_per_second"] = max(
+            counters.get("peak_publishes_per_second", 0), self.second_publishes
+        )
+        counters["peak_bytes_per_second"] = max(counters.get("peak_bytes_per_second", 0), self.second_bytes)
         counters["publishes_forwarded"] = self.forwarded
         counters["bytes_forwarded"] = self.forwarded_bytes
         counters["subscriptions"] = len(self.subscriptions)
