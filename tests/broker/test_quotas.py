@@ -476,6 +476,19 @@ def test_a_retained_publish_is_refused_with_disconnect_0x9a_by_default(
     session(default_broker, cid_of(request), refused_retain=1, publishes_forwarded=0)
 
 
+def test_without_the_proxy_mosquitto_itself_refuses_retain_with_0x9a(
+    issuer_keys: IssuerKeys, connect: Connect
+) -> None:
+    with LocalBroker(keys_dir=issuer_keys.directory) as plain:  # quotas=False: mosquitto alone
+        client = connect(plain)
+        assert client.connack.properties[PROP_RETAIN_AVAILABLE] == 0  # type: ignore[attr-defined]
+        client.sock.sendall(publish_packet("r/x", b"kept", 1, retain=True))
+
+        received = client.wait_closed(timeout=20)
+
+    assert [p.reason_code for p in received if isinstance(p, Disconnect)] == [RETAIN_NOT_SUPPORTED]
+
+
 def test_a_retained_publish_is_accepted_when_the_broker_allows_retain(
     roomy_broker: LocalBroker, connect: Connect, request: pytest.FixtureRequest
 ) -> None:
