@@ -118,6 +118,8 @@ class Session:
     subscriptions: set[bytes] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # Publishes and bytes forwarded per wall-clock second, to report the peak rate.
+    forwarded: int = 0
+    forwarded_bytes: int = 0
     second: int = 0
     second_publishes: int = 0
     second_bytes: int = 0
@@ -125,19 +127,43 @@ class Session:
     log_budget: int = LOG_LINES_PER_SECOND
     suppressed: int = 0
 
-    def note_forwarded(self, size: int, now: float) -> None:
+    def admit(self, size: int, now: float) -> str | None:
+        """Takes one publish of `size` bytes from the rate buckets and counts it forwarded;
+        or names the quota it is over (and takes nothing)."""
+        if not self.publish_bucket.take(1, now):
+            return "throttled_rate"
+        if not self.byte_bucket.take(size, now):
+            self.publish_bucket.tokens += 1  # not forwarded: give the message token back
+            return "throttled_bytes"
+        # Plain attributes, not the counters dict: this runs for every publish.
+        self.forwarded += 1
+        self.forwarded_bytes += size
         second = int(now)  # whole seconds of the monotonic clock: windows of one second
         if second != self.second:
             self.close_second()
             self.second = second
         self.second_publishes += 1
         self.second_bytes += size
+        return None
 
     def close_second(self) -> None:
         c = self.counters
         c["peak_publishes_per_second"] = max(c["peak_publishes_per_second"], self.second_publishes)
         c["peak_bytes_per_second"] = max(c["peak_bytes_per_second"], self.second_bytes)
         self.second_publishes = self.second_bytes = 0
+
+    def counted(self) -> dict[str, int]:
+        """Every counter, the hot ones included. The second under way counts towards the peaks
+        but keeps counting: closing it here would make the peaks those of the stats interval."""
+        counters = dict(self.counters)
+        counters["peak_publishes_per_second"] = max(
+            counters.get("peak_publishes_per_second", 0), self.second_publishes
+        )
+        counters["peak_bytes_per_second"] = max(counters.get("peak_bytes_per_second", 0), self.second_bytes)
+        counters["publishes_forwarded"] = self.forwarded
+        counters["bytes_forwarded"] = self.forwarded_bytes
+        counters["subscriptions"] = len(self.subscriptions)
+        return counters
 
     def log_limited(self, message: str) -> None:
         second = int(time.monotonic())
@@ -152,8 +178,7 @@ class Session:
             self.suppressed += 1
 
     def summary(self) -> str:
-        self.close_second()
-        c = self.counters
+        c = self.counted()
         parts = [
             f"{c['publishes_forwarded']} publishes forwarded",
             f"peak {c['peak_publishes_per_second']} msgs/s, {c['peak_bytes_per_second']} B/s",
@@ -175,9 +200,7 @@ class Stats:
         sessions: dict[str, dict[str, int]] = {}
         totals: dict[str, int] = defaultdict(int)
         for cid, session in self.sessions.items():
-            session.close_second()
-            counters = dict(session.counters)
-            counters["subscriptions"] = len(session.subscriptions)
+            counters = session.counted()
             sessions[cid] = counters
             for key, value in counters.items():
                 if not key.startswith("peak_"):
@@ -283,6 +306,7 @@ class Relay:
         back: list[bytes] = []
         self.back = back
         self.now = time.monotonic()
+        self.proxy.stats.dirty = True  # once per chunk, not per packet
         limits = self.limits
         try:
             while end - pos >= 2:
@@ -364,19 +388,53 @@ class Relay:
         self.proxy.stats.dirty = True
 
     def on_publish(self, buf: bytes | bytearray, first: int, pos: int, body: int, stop: int) -> bytes | None:
-        """None to forward the PUBLISH as it is, b"" to drop it (answered in `self.back`)."""
+        """None to forward the PUBLISH as it is, b"" to drop it (answered in `self.back`).
+
+        The hot path of the proxy: the common case (accepted) touches as little as it can."""
         session = self.session
-        now, back = self.now, self.back
         if session is None:
             return None  # before CONNECT: mosquitto refuses it
         limits = self.limits
-        qos = (first >> 1) & 0x03
         topic_len = (buf[body] << 8) | buf[body + 1]
-        packet_id = (buf[body + 2 + topic_len] << 8) | buf[body + 3 + topic_len] if qos else 0
+        qos = first & 0x06
+        # Retain, then the topic (0: a topic alias stands for a topic checked when it was set).
+        if (
+            (first & 0x01 and not limits.allow_retain)
+            or topic_len > limits.topic_bytes
+            or (topic_len and buf.count(b"/", body + 2, body + 2 + topic_len) >= limits.topic_levels)
+        ):
+            return self.refuse_publish(buf, first, body, topic_len)
         size = stop - pos
-        counters = session.counters
-        self.proxy.stats.dirty = True
+        key = None
+        if qos:
+            packet_id = (buf[body + 2 + topic_len] << 8) | buf[body + 3 + topic_len]
+            inflight = self.inflight
+            if len(inflight) >= limits.inflight_messages:
+                key = "throttled_inflight_messages"
+            elif inflight and self.inflight_bytes + size > limits.inflight_bytes:
+                # (With nothing in flight any publish passes: one up to 512 KiB must be possible.)
+                key = "throttled_inflight_bytes"
+        else:
+            packet_id = 0
+        if key is None:
+            key = session.admit(size, self.now)
+            if key is None:
+                if qos:
+                    old = inflight.get(packet_id)
+                    if old is not None:  # a resend (DUP) of a packet id still in flight
+                        self.inflight_bytes -= old
+                    inflight[packet_id] = size
+                    self.inflight_bytes += size
+                    self.last_forwarded_qos1 = packet_id
+                return None
+        return self.throttle_publish(session, key, qos, packet_id)
 
+    def refuse_publish(self, buf: bytes | bytearray, first: int, body: int, topic_len: int) -> bytes:
+        """A retained publish (when refused) or one whose topic is over a limit."""
+        session = self.session
+        assert session is not None
+        limits = self.limits
+        counters = session.counters
         if first & 0x01 and not limits.allow_retain:
             counters["refused_retain"] += 1
             self.refuse_and_close(
@@ -385,71 +443,49 @@ class Relay:
                 "(retain not supported)",
             )
             return b""
-        if topic_len:  # 0: a topic alias stands for a topic that was checked when it was set
-            problem = None
-            if topic_len > limits.topic_bytes:
-                problem, key = (
-                    f"topic of {topic_len} bytes, limit {limits.topic_bytes}",
-                    "refused_topic_length",
-                )
-            else:
-                levels = buf.count(b"/", body + 2, body + 2 + topic_len) + 1
-                if levels > limits.topic_levels:
-                    problem, key = (
-                        f"topic of {levels} levels, limit {limits.topic_levels}",
-                        "refused_topic_levels",
-                    )
-            if problem is not None:
-                counters[key] += 1
-                if qos:
-                    self.answer_puback(packet_id, RC_TOPIC_NAME_INVALID, back)
-                    answer = "PUBACK 0x90"
-                else:
-                    answer = "dropped (QoS 0)"
-                session.log_limited(f"client '{session.client_id}' publish refused: {answer} ({problem})")
-                return b""
+        if topic_len > limits.topic_bytes:
+            counters["refused_topic_length"] += 1
+            problem = f"topic of {topic_len} bytes, limit {limits.topic_bytes}"
+        else:
+            counters["refused_topic_levels"] += 1
+            levels = buf.count(b"/", body + 2, body + 2 + topic_len) + 1
+            problem = f"topic of {levels} levels, limit {limits.topic_levels}"
+        if first & 0x06:
+            packet_id = (buf[body + 2 + topic_len] << 8) | buf[body + 3 + topic_len]
+            self.answer_puback(packet_id, RC_TOPIC_NAME_INVALID, self.back)
+            answer = "PUBACK 0x90"
+        else:
+            answer = "dropped (QoS 0)"
+        session.log_limited(f"client '{session.client_id}' publish refused: {answer} ({problem})")
+        return b""
 
-        reason = None
-        if qos and len(self.inflight) >= limits.inflight_messages:
-            reason, key = f"in-flight {limits.inflight_messages} messages", "throttled_inflight_messages"
-        elif qos and self.inflight and self.inflight_bytes + size > limits.inflight_bytes:
-            # (With nothing in flight any publish passes: one up to 512 KiB must be possible.)
-            reason, key = f"in-flight {limits.inflight_bytes} bytes", "throttled_inflight_bytes"
-        elif not session.publish_bucket.take(1, now):
-            reason, key = f"rate {number(limits.publish_rate)}/s", "throttled_rate"
-        elif not session.byte_bucket.take(size, now):
-            session.publish_bucket.tokens += 1  # not forwarded: give the message token back
-            reason, key = f"bandwidth {number(limits.byte_rate)} B/s", "throttled_bytes"
-        if reason is not None:
-            counters[key] += 1
-            if limits.throttle == "disconnect":
-                counters["disconnect_0x97"] += 1
-                self.refuse_and_close(
-                    disconnect(RC_QUOTA_EXCEEDED),
-                    f"client '{session.client_id}' publish throttled: DISCONNECT 0x97 ({reason})",
-                )
-                return b""
-            if qos:
-                counters["puback_0x97"] += 1
-                self.answer_puback(packet_id, RC_QUOTA_EXCEEDED, back)
-                answer = "PUBACK 0x97"
-            else:
-                counters["dropped_qos0"] += 1
-                answer = "dropped (QoS 0)"
-            session.log_limited(f"client '{session.client_id}' publish throttled: {answer} ({reason})")
+    def throttle_publish(self, session: Session, key: str, qos: int, packet_id: int) -> bytes:
+        """A publish over a quota (`key` names which): answered as --throttle says."""
+        limits = self.limits
+        counters = session.counters
+        counters[key] += 1
+        reason = {
+            "throttled_inflight_messages": f"in-flight {limits.inflight_messages} messages",
+            "throttled_inflight_bytes": f"in-flight {limits.inflight_bytes} bytes",
+            "throttled_rate": f"rate {number(limits.publish_rate)}/s",
+            "throttled_bytes": f"bandwidth {number(limits.byte_rate)} B/s",
+        }[key]
+        if limits.throttle == "disconnect":
+            counters["disconnect_0x97"] += 1
+            self.refuse_and_close(
+                disconnect(RC_QUOTA_EXCEEDED),
+                f"client '{session.client_id}' publish throttled: DISCONNECT 0x97 ({reason})",
+            )
             return b""
-
         if qos:
-            old = self.inflight.get(packet_id)
-            if old is not None:  # a resend (DUP) of a packet id still in flight
-                self.inflight_bytes -= old
-            self.inflight[packet_id] = size
-            self.inflight_bytes += size
-            self.last_forwarded_qos1 = packet_id
-        counters["publishes_forwarded"] += 1
-        counters["bytes_forwarded"] += size
-        session.note_forwarded(size, now)
-        return None
+            counters["puback_0x97"] += 1
+            self.answer_puback(packet_id, RC_QUOTA_EXCEEDED, self.back)
+            answer = "PUBACK 0x97"
+        else:
+            counters["dropped_qos0"] += 1
+            answer = "dropped (QoS 0)"
+        session.log_limited(f"client '{session.client_id}' publish throttled: {answer} ({reason})")
+        return b""
 
     def answer_puback(self, packet_id: int, reason: int, back: list[bytes]) -> None:
         answer = puback(packet_id, reason)

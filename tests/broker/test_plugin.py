@@ -118,7 +118,8 @@ def test_a_token_with_a_bad_claim_is_refused_and_the_reason_logged(
 def test_an_hs256_token_keyed_with_the_public_key_text_is_refused(
     open_client: Opener, tokens: TokenMinter, client_id: str, broker: LocalBroker
 ) -> None:
-    # libjwt 1.10 would verify this HMAC with the PEM text as secret: the plugin must not let it.
+    # The classic algorithm confusion (an HMAC keyed with the PEM text, which libjwt 1.10 would verify):
+    # the plugin verifies RS256 only, whatever the header says.
     token = tokens("gw-1", alg="HS256", public_key_path=broker.public_key_path)
 
     _, connack = connect(open_client, client_id, token)

@@ -13,8 +13,8 @@ mosquitto, as run.sh does by default: each Event Grid quota and limit is then a 
 the documented value, and the proxy's counters are read with `stats()` / `wait_for_stats()`, its log
 lines with `count_log()`. Without it (the default here, unlike run.sh) mosquitto serves the port alone,
 as before the proxy existed: today's gateway neither shapes its publish rate below Event Grid's 1000/s
-nor retries a 0x97, so suites that drain a backlog flat out or resubscribe quickly in one session would
-fail against the quotas. Flip the default once the gateway honours them.
+nor retries a 0x97, so a suite that drains a backlog flat out (tests/test_store_e2e.py) loses the
+throttled messages. Flip the default once the gateway honours the quotas.
 """
 
 from __future__ import annotations
