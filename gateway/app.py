@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from gateway.commands.service import CommandService
 from gateway.config import Config, load_config
+from gateway.config.limits import DEFAULT_LIMITS
 from gateway.errors import ConfigError
 from gateway.model import CommandTransport, Driver, MessageSink
 from gateway.pipeline.pump import PumpCounters, pump_forever
@@ -110,8 +111,11 @@ class Gateway:
                 router_task = tg.create_task(
                     route_forever(self.readings, self.router, self.store), name="router"
                 )
+                uplink_cfg = self.config.uplink
+                limits = uplink_cfg.limits if uplink_cfg is not None else DEFAULT_LIMITS
                 pump_task = tg.create_task(
-                    pump_forever(self.store, self.sink, self.pump_counters), name="store.pump"
+                    pump_forever(self.store, self.sink, self.pump_counters, max_attempts=limits.max_attempts),
+                    name="store.pump",
                 )
                 helpers = [tg.create_task(self._reload_loop(), name="config.reload")]
                 if self.commands is not None:
@@ -278,6 +282,8 @@ class Gateway:
             f"delivered {self.pump_counters.delivered}",
             f"refused {self.pump_counters.refused}",
             f"resent {self.pump_counters.lost}",
+            f"throttled and resent {self.pump_counters.retried}",
+            f"dead letters {store.dead_letters}",
             f"queues: readings {len(self.readings)}/{self.readings.max_cycles}",
             f"dropped {self.readings.dropped}",
             f"store {store.depth}/{self.store.max_messages}",
@@ -298,6 +304,11 @@ class Gateway:
             parts.append(
                 f"uplink {state}, connects {uplink.connects}, refreshes {uplink.refreshes_ok} ok"
                 f" / {uplink.refreshes_failed} failed{expires}, not granted {uplink.permission_denials}"
+            )
+            parts.append(
+                f"shaping: sending {uplink.send_rate:.1f}/s of {uplink.allowed_rate:.1f}/s allowed,"
+                f" throttled {uplink.throttled}, {uplink.inflight_bytes} bytes in flight"
+                f" (peak {uplink.peak_inflight_bytes})"
             )
         if self.commands is not None:
             parts.append(self.commands.stats_text())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from gateway.config.limits import DEFAULT_LIMITS, LimitsConfig, parse_limits
 from gateway.config.permissions import PermissionsConfig, parse_permissions
 from gateway.schema import Secret, Table
 
@@ -182,6 +183,8 @@ class UplinkConfig:
     will: StatusMessageConfig | None = None
     #: None: topics are not checked before sending (no ``[uplink.permissions]``).
     permissions: PermissionsConfig | None = None
+    #: ``[uplink.limits]``: the broker's quotas the uplink shapes itself to.
+    limits: LimitsConfig = DEFAULT_LIMITS
 
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -398,6 +401,7 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
     will = _parse_status(will_table, will=True) if will_table is not None else None
     permissions_table = table.table("permissions")
     permissions = parse_permissions(permissions_table) if permissions_table is not None else None
+    limits = parse_limits(table.table_or_empty("limits"))
 
     token_table = table.table("token", required=True)
     token: TokenConfig
@@ -428,4 +432,5 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
         birth=birth,
         will=will,
         permissions=permissions,
+        limits=limits,
     )
