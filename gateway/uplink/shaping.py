@@ -45,7 +45,8 @@ class TokenBucket:
         """Seconds until ``amount`` may be taken (0: now). More than the capacity waits for a full bucket
         and leaves it in debt, or it could never pass."""
         needed = min(amount, self.capacity)
-        if self.tokens >= needed:
+        # A tolerance for the rounding of the refill: a wait shorter than this could never advance.
+        if self.tokens >= needed - 1e-6:
             return 0.0
         return (needed - self.tokens) / self.rate
 
