@@ -129,10 +129,14 @@ class Session:
         self.second_bytes += size
 
     def close_second(self) -> None:
+        self.fold_second()
+        self.second_publishes = self.second_bytes = 0
+
+    def fold_second(self) -> None:
+        """Count the second so far into the peaks; a snapshot taken mid-second must not restart it."""
         c = self.counters
         c["peak_publishes_per_second"] = max(c["peak_publishes_per_second"], self.second_publishes)
         c["peak_bytes_per_second"] = max(c["peak_bytes_per_second"], self.second_bytes)
-        self.second_publishes = self.second_bytes = 0
 
     def log_limited(self, message: str) -> None:
         second = int(time.monotonic())
@@ -170,7 +174,7 @@ class Stats:
         sessions: dict[str, dict[str, int]] = {}
         totals: dict[str, int] = defaultdict(int)
         for cid, session in self.sessions.items():
-            session.close_second()
+            session.fold_second()
             counters = dict(session.counters)
             counters["subscriptions"] = len(session.subscriptions)
             sessions[cid] = counters
