@@ -102,10 +102,12 @@ async def test_after_an_outage_under_load_the_drain_keeps_to_the_quota_and_loses
     after = [a for a in sub.arrivals if a.at > back_at]
     end_of_drain = max(a.at for a in after if a.ts < back_at)
     drain_seconds = end_of_drain - reconnected_at
+    drained_rate = sum(reconnected_at <= a.at <= end_of_drain for a in after) / drain_seconds
     throttled = counters.get("puback_0x97", 0) + counters.get("disconnect_0x97", 0)
     print(
         f"\n{throttle}, configured {configured}/s, broker {BROKER_RATE}/s: backlog {backlog} drained in"
-        f" {drain_seconds:.1f} s; broker peak {counters.get('peak_publishes_per_second')}/s, 0x97 answers"
+        f" {drain_seconds:.1f} s ({drained_rate:.1f} msgs/s);"
+        f" broker peak {counters.get('peak_publishes_per_second')}/s, 0x97 answers"
         f" {throttled}, connections {counters.get('connections')};"
         f" gateway: throttled {status.uplink.throttled}, resent {status.pipeline.retried},"
         f" lost {status.uplink.lost}, peak in flight"
@@ -115,8 +117,11 @@ async def test_after_an_outage_under_load_the_drain_keeps_to_the_quota_and_loses
     assert missing == set(), f"{len(missing)} missing, e.g. {sorted(missing)[:10]}"
     assert (status.pipeline.refused, status.pipeline.store_dead_letters) == (0, 0)
     assert backlog >= OUTAGE_SECONDS * 20 * 0.25  # the outage happened under load
-    # The broker never accepted more per second than the gateway was configured for (+ one small burst).
-    assert counters["peak_publishes_per_second"] <= configured * 1.1
+    # The drain kept to the configured rate: on average over the drain, and in the broker's busiest
+    # one-second window, where transport jitter on a busy machine (a packet sent late in one second
+    # arrives in the next) may add a little.
+    assert drained_rate <= configured * 1.05
+    assert counters["peak_publishes_per_second"] <= configured * 1.25
     if configured <= BROKER_RATE:
         assert throttled == 0 and status.uplink.throttled == 0
     else:
