@@ -567,7 +567,7 @@ class Uplink:
         if self._throttling and self._shaper.factor >= 1.0:
             self._throttling = False
             log.info(
-                "uplink back at the configured rate (%.1f publishes/s) after %d throttling answers",
+                "uplink back at the configured rate (%.1f publishes/s; %d throttling answers so far)",
                 self._shaper.allowed_rate,
                 self._shaper.throttled_count,
             )
