@@ -70,6 +70,11 @@ class Limits:
     throttle: str  # "puback" or "disconnect"
 
 
+def number(value: float) -> str:
+    """1000000 rather than 1e+06 in log lines."""
+    return f"{value:.0f}" if value == int(value) else f"{value:g}"
+
+
 def log(message: str) -> None:
     # One write per line: mosquitto writes to the same file, lines must not interleave.
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -113,6 +118,8 @@ class Session:
     subscriptions: set[bytes] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # Publishes and bytes forwarded per wall-clock second, to report the peak rate.
+    forwarded: int = 0
+    forwarded_bytes: int = 0
     second: int = 0
     second_publishes: int = 0
     second_bytes: int = 0
@@ -120,23 +127,43 @@ class Session:
     log_budget: int = LOG_LINES_PER_SECOND
     suppressed: int = 0
 
-    def note_forwarded(self, size: int, now: float) -> None:
+    def admit(self, size: int, now: float) -> str | None:
+        """Takes one publish of `size` bytes from the rate buckets and counts it forwarded;
+        or names the quota it is over (and takes nothing)."""
+        if not self.publish_bucket.take(1, now):
+            return "throttled_rate"
+        if not self.byte_bucket.take(size, now):
+            self.publish_bucket.tokens += 1  # not forwarded: give the message token back
+            return "throttled_bytes"
+        # Plain attributes, not the counters dict: this runs for every publish.
+        self.forwarded += 1
+        self.forwarded_bytes += size
         second = int(now)  # whole seconds of the monotonic clock: windows of one second
         if second != self.second:
             self.close_second()
             self.second = second
         self.second_publishes += 1
         self.second_bytes += size
+        return None
 
     def close_second(self) -> None:
-        self.fold_second()
-        self.second_publishes = self.second_bytes = 0
-
-    def fold_second(self) -> None:
-        """Count the second so far into the peaks; a snapshot taken mid-second must not restart it."""
         c = self.counters
         c["peak_publishes_per_second"] = max(c["peak_publishes_per_second"], self.second_publishes)
         c["peak_bytes_per_second"] = max(c["peak_bytes_per_second"], self.second_bytes)
+        self.second_publishes = self.second_bytes = 0
+
+    def counted(self) -> dict[str, int]:
+        """Every counter, the hot ones included. The second under way counts towards the peaks
+        but keeps counting: closing it here would make the peaks those of the stats interval."""
+        counters = dict(self.counters)
+        counters["peak_publishes_per_second"] = max(
+            counters.get("peak_publishes_per_second", 0), self.second_publishes
+        )
+        counters["peak_bytes_per_second"] = max(counters.get("peak_bytes_per_second", 0), self.second_bytes)
+        counters["publishes_forwarded"] = self.forwarded
+        counters["bytes_forwarded"] = self.forwarded_bytes
+        counters["subscriptions"] = len(self.subscriptions)
+        return counters
 
     def log_limited(self, message: str) -> None:
         second = int(time.monotonic())
@@ -151,8 +178,7 @@ class Session:
             self.suppressed += 1
 
     def summary(self) -> str:
-        self.close_second()
-        c = self.counters
+        c = self.counted()
         parts = [
             f"{c['publishes_forwarded']} publishes forwarded",
             f"peak {c['peak_publishes_per_second']} msgs/s, {c['peak_bytes_per_second']} B/s",
@@ -174,9 +200,7 @@ class Stats:
         sessions: dict[str, dict[str, int]] = {}
         totals: dict[str, int] = defaultdict(int)
         for cid, session in self.sessions.items():
-            session.fold_second()
-            counters = dict(session.counters)
-            counters["subscriptions"] = len(session.subscriptions)
+            counters = session.counted()
             sessions[cid] = counters
             for key, value in counters.items():
                 if not key.startswith("peak_"):
@@ -282,6 +306,7 @@ class Relay:
         back: list[bytes] = []
         self.back = back
         self.now = time.monotonic()
+        self.proxy.stats.dirty = True  # once per chunk, not per packet
         limits = self.limits
         try:
             while end - pos >= 2:
@@ -363,19 +388,53 @@ class Relay:
         self.proxy.stats.dirty = True
 
     def on_publish(self, buf: bytes | bytearray, first: int, pos: int, body: int, stop: int) -> bytes | None:
-        """None to forward the PUBLISH as it is, b"" to drop it (answered in `self.back`)."""
+        """None to forward the PUBLISH as it is, b"" to drop it (answered in `self.back`).
+
+        The hot path of the proxy: the common case (accepted) touches as little as it can."""
         session = self.session
-        now, back = self.now, self.back
         if session is None:
             return None  # before CONNECT: mosquitto refuses it
         limits = self.limits
-        qos = (first >> 1) & 0x03
         topic_len = (buf[body] << 8) | buf[body + 1]
-        packet_id = (buf[body + 2 + topic_len] << 8) | buf[body + 3 + topic_len] if qos else 0
+        qos = first & 0x06
+        # Retain, then the topic (0: a topic alias stands for a topic checked when it was set).
+        if (
+            (first & 0x01 and not limits.allow_retain)
+            or topic_len > limits.topic_bytes
+            or (topic_len and buf.count(b"/", body + 2, body + 2 + topic_len) >= limits.topic_levels)
+        ):
+            return self.refuse_publish(buf, first, body, topic_len)
         size = stop - pos
-        counters = session.counters
-        self.proxy.stats.dirty = True
+        key = None
+        if qos:
+            packet_id = (buf[body + 2 + topic_len] << 8) | buf[body + 3 + topic_len]
+            inflight = self.inflight
+            if len(inflight) >= limits.inflight_messages:
+                key = "throttled_inflight_messages"
+            elif inflight and self.inflight_bytes + size > limits.inflight_bytes:
+                # (With nothing in flight any publish passes: one up to 512 KiB must be possible.)
+                key = "throttled_inflight_bytes"
+        else:
+            packet_id = 0
+        if key is None:
+            key = session.admit(size, self.now)
+            if key is None:
+                if qos:
+                    old = inflight.get(packet_id)
+                    if old is not None:  # a resend (DUP) of a packet id still in flight
+                        self.inflight_bytes -= old
+                    inflight[packet_id] = size
+                    self.inflight_bytes += size
+                    self.last_forwarded_qos1 = packet_id
+                return None
+        return self.throttle_publish(session, key, qos, packet_id)
 
+    def refuse_publish(self, buf: bytes | bytearray, first: int, body: int, topic_len: int) -> bytes:
+        """A retained publish (when refused) or one whose topic is over a limit."""
+        session = self.session
+        assert session is not None
+        limits = self.limits
+        counters = session.counters
         if first & 0x01 and not limits.allow_retain:
             counters["refused_retain"] += 1
             self.refuse_and_close(
@@ -384,71 +443,49 @@ class Relay:
                 "(retain not supported)",
             )
             return b""
-        if topic_len:  # 0: a topic alias stands for a topic that was checked when it was set
-            problem = None
-            if topic_len > limits.topic_bytes:
-                problem, key = (
-                    f"topic of {topic_len} bytes, limit {limits.topic_bytes}",
-                    "refused_topic_length",
-                )
-            else:
-                levels = buf.count(b"/", body + 2, body + 2 + topic_len) + 1
-                if levels > limits.topic_levels:
-                    problem, key = (
-                        f"topic of {levels} levels, limit {limits.topic_levels}",
-                        "refused_topic_levels",
-                    )
-            if problem is not None:
-                counters[key] += 1
-                if qos:
-                    self.answer_puback(packet_id, RC_TOPIC_NAME_INVALID, back)
-                    answer = "PUBACK 0x90"
-                else:
-                    answer = "dropped (QoS 0)"
-                session.log_limited(f"client '{session.client_id}' publish refused: {answer} ({problem})")
-                return b""
+        if topic_len > limits.topic_bytes:
+            counters["refused_topic_length"] += 1
+            problem = f"topic of {topic_len} bytes, limit {limits.topic_bytes}"
+        else:
+            counters["refused_topic_levels"] += 1
+            levels = buf.count(b"/", body + 2, body + 2 + topic_len) + 1
+            problem = f"topic of {levels} levels, limit {limits.topic_levels}"
+        if first & 0x06:
+            packet_id = (buf[body + 2 + topic_len] << 8) | buf[body + 3 + topic_len]
+            self.answer_puback(packet_id, RC_TOPIC_NAME_INVALID, self.back)
+            answer = "PUBACK 0x90"
+        else:
+            answer = "dropped (QoS 0)"
+        session.log_limited(f"client '{session.client_id}' publish refused: {answer} ({problem})")
+        return b""
 
-        reason = None
-        if qos and len(self.inflight) >= limits.inflight_messages:
-            reason, key = f"in-flight {limits.inflight_messages} messages", "throttled_inflight_messages"
-        elif qos and self.inflight and self.inflight_bytes + size > limits.inflight_bytes:
-            # (With nothing in flight any publish passes: one up to 512 KiB must be possible.)
-            reason, key = f"in-flight {limits.inflight_bytes} bytes", "throttled_inflight_bytes"
-        elif not session.publish_bucket.take(1, now):
-            reason, key = f"rate {limits.publish_rate:g}/s", "throttled_rate"
-        elif not session.byte_bucket.take(size, now):
-            session.publish_bucket.tokens += 1  # not forwarded: give the message token back
-            reason, key = f"bandwidth {limits.byte_rate:g} B/s", "throttled_bytes"
-        if reason is not None:
-            counters[key] += 1
-            if limits.throttle == "disconnect":
-                counters["disconnect_0x97"] += 1
-                self.refuse_and_close(
-                    disconnect(RC_QUOTA_EXCEEDED),
-                    f"client '{session.client_id}' publish throttled: DISCONNECT 0x97 ({reason})",
-                )
-                return b""
-            if qos:
-                counters["puback_0x97"] += 1
-                self.answer_puback(packet_id, RC_QUOTA_EXCEEDED, back)
-                answer = "PUBACK 0x97"
-            else:
-                counters["dropped_qos0"] += 1
-                answer = "dropped (QoS 0)"
-            session.log_limited(f"client '{session.client_id}' publish throttled: {answer} ({reason})")
+    def throttle_publish(self, session: Session, key: str, qos: int, packet_id: int) -> bytes:
+        """A publish over a quota (`key` names which): answered as --throttle says."""
+        limits = self.limits
+        counters = session.counters
+        counters[key] += 1
+        reason = {
+            "throttled_inflight_messages": f"in-flight {limits.inflight_messages} messages",
+            "throttled_inflight_bytes": f"in-flight {limits.inflight_bytes} bytes",
+            "throttled_rate": f"rate {number(limits.publish_rate)}/s",
+            "throttled_bytes": f"bandwidth {number(limits.byte_rate)} B/s",
+        }[key]
+        if limits.throttle == "disconnect":
+            counters["disconnect_0x97"] += 1
+            self.refuse_and_close(
+                disconnect(RC_QUOTA_EXCEEDED),
+                f"client '{session.client_id}' publish throttled: DISCONNECT 0x97 ({reason})",
+            )
             return b""
-
         if qos:
-            old = self.inflight.get(packet_id)
-            if old is not None:  # a resend (DUP) of a packet id still in flight
-                self.inflight_bytes -= old
-            self.inflight[packet_id] = size
-            self.inflight_bytes += size
-            self.last_forwarded_qos1 = packet_id
-        counters["publishes_forwarded"] += 1
-        counters["bytes_forwarded"] += size
-        session.note_forwarded(size, now)
-        return None
+            counters["puback_0x97"] += 1
+            self.answer_puback(packet_id, RC_QUOTA_EXCEEDED, self.back)
+            answer = "PUBACK 0x97"
+        else:
+            counters["dropped_qos0"] += 1
+            answer = "dropped (QoS 0)"
+        session.log_limited(f"client '{session.client_id}' publish throttled: {answer} ({reason})")
+        return b""
 
     def answer_puback(self, packet_id: int, reason: int, back: list[bytes]) -> None:
         answer = puback(packet_id, reason)
@@ -474,6 +511,8 @@ class Relay:
             n = (buf[p] << 8) | buf[p + 1]
             entries.append((bytes(buf[p + 2 : p + 2 + n]), buf[p + 2 + n]))
             p += 3 + n
+        if not entries:
+            return None  # a protocol error: mosquitto answers it
         counters = session.counters
         self.proxy.stats.dirty = True
         cid = session.client_id
@@ -488,7 +527,7 @@ class Relay:
             return b""
 
         if not session.subscribe_bucket.take(1, now):
-            return refuse_all(f"rate {limits.subscribe_rate:g} SUBSCRIBE/s", "throttled_subscribe_rate")
+            return refuse_all(f"rate {number(limits.subscribe_rate)} SUBSCRIBE/s", "throttled_subscribe_rate")
         if len(entries) > limits.filters_per_subscribe:
             return refuse_all(
                 f"{len(entries)} filters, limit {limits.filters_per_subscribe}",
@@ -541,7 +580,7 @@ class Relay:
             if c is None
         )
         # `props` still holds its length prefix: it is copied as it came.
-        return packet(0x82, packet_id.to_bytes(2, "big") + props + kept)
+        return packet((SUBSCRIBE << 4) | 0x02, packet_id.to_bytes(2, "big") + props + kept)
 
     def on_unsubscribe(self, buf: bytes | bytearray, body: int, stop: int) -> None:
         if self.session is None:
@@ -852,10 +891,10 @@ async def serve(args: argparse.Namespace, child: subprocess.Popen[bytes]) -> int
         stats.write()
         log(
             f"listening on 127.0.0.1:{args.port}{' (TLS)' if context else ''}, "
-            f"mosquitto on 127.0.0.1:{args.upstream_port}; per session: {limits.publish_rate:g} "
-            f"publishes/s, {limits.byte_rate:g} B/s, in flight {limits.inflight_messages} messages / "
+            f"mosquitto on 127.0.0.1:{args.upstream_port}; per session: {number(limits.publish_rate)} "
+            f"publishes/s, {number(limits.byte_rate)} B/s, in flight {limits.inflight_messages} messages / "
             f"{limits.inflight_bytes} B, topics <= {limits.topic_bytes} B and {limits.topic_levels} "
-            f"levels, {limits.subscriptions} subscriptions, {limits.subscribe_rate:g} SUBSCRIBE/s, "
+            f"levels, {limits.subscriptions} subscriptions, {number(limits.subscribe_rate)} SUBSCRIBE/s, "
             f"{limits.filters_per_subscribe} filters per SUBSCRIBE, retain "
             f"{'allowed' if limits.allow_retain else 'refused'}, throttle answer {limits.throttle}"
         )
@@ -866,6 +905,8 @@ async def serve(args: argparse.Namespace, child: subprocess.Popen[bytes]) -> int
         if exited in done:
             log(f"mosquitto exited with {child.returncode}: stopping")
             code = child.returncode or 1
+        else:
+            log("stopping mosquitto and the proxy (signal)")
         writer.cancel()
     except (RuntimeError, OSError) as exc:
         log(f"cannot start: {exc}")

@@ -32,6 +32,8 @@ Options:
                        127.0.0.1/localhost in the keys directory if missing
   --runtime-dir DIR    where mosquitto.conf, mosquitto.pid and quota-stats.json go
                        (default: a new temporary directory)
+  --verbose            mosquitto debug logging (every packet and every allowed publish)
+  -h, --help           this help
 
 Event Grid quotas and limits (per session = per client id), enforced by the quota proxy:
   --publish-rate N     inbound publishes per second (default 1000)
@@ -52,8 +54,6 @@ Event Grid quotas and limits (per session = per client id), enforced by the quot
 Token limits, enforced by the plugin (refused with CONNACK 0x87):
   --max-auth-data N    largest Authentication Data (token) in bytes (default 8192)
   --max-sub-length N   longest `sub` (authentication name) in characters (default 128)
-  --verbose            mosquitto debug logging (every packet and every allowed publish)
-  -h, --help           this help
 EOF
 }
 

@@ -51,7 +51,7 @@ RATE = 20  # publishes per second in the rate tests
 
 
 def start_broker(keys: IssuerKeys, **limits: Any) -> LocalBroker:
-    return LocalBroker(keys_dir=keys.directory, **limits).start()
+    return LocalBroker(keys_dir=keys.directory, quotas=True, **limits).start()
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +205,8 @@ def test_a_burst_over_the_publish_rate_gets_puback_0x97_and_no_more_than_the_rat
         throttled_rate=len(throttled),
         publishes_forwarded=len(accepted),
     )
+    # The accepted ones fell into int(elapsed) + 2 whole seconds at most: the peak is a real count.
+    assert len(accepted) / (int(elapsed) + 2) <= counters["peak_publishes_per_second"]
     assert counters["peak_publishes_per_second"] <= RATE + RATE * elapsed + 1
     line = rate_broker.wait_for_log(f"client '{cid_of(request)}' publish throttled: PUBACK 0x97 (rate 20/s)")
     assert "fieldgate_quota" in line
@@ -218,6 +220,27 @@ def test_the_session_sustains_its_rate_and_is_not_throttled_below_it(
     for _ in range(RATE // 2):
         assert client.publish_qos1("q/slow", b"x").reason_code in ACCEPTED
     assert rate_broker.session_stats(cid_of(request)).get("puback_0x97", 0) == 0
+
+
+def test_qos0_publishes_over_the_rate_are_dropped_and_counted(
+    rate_broker: LocalBroker, connect: Connect, request: pytest.FixtureRequest
+) -> None:
+    client = connect(rate_broker)
+    client.sock.sendall(b"".join(publish_packet("q/zero", b"z", 0, qos=0) for _ in range(3 * RATE)))
+    client.ping()  # answered after the burst was handled: the connection stays
+
+    counters = rate_broker.wait_for_stats(
+        lambda s: (
+            sum(
+                s["sessions"].get(cid_of(request), {}).get(k, 0)
+                for k in ("dropped_qos0", "publishes_forwarded")
+            )
+            == 3 * RATE
+        )
+    )["sessions"][cid_of(request)]
+    assert counters["dropped_qos0"] == counters["throttled_rate"] > 0
+    assert counters.get("puback_0x97", 0) == 0
+    rate_broker.wait_for_log(f"client '{cid_of(request)}' publish throttled: dropped (QoS 0) (rate 20/s)")
 
 
 def test_in_disconnect_mode_a_burst_over_the_rate_gets_disconnect_0x97(
@@ -451,6 +474,19 @@ def test_a_retained_publish_is_refused_with_disconnect_0x9a_by_default(
 
     assert [p.reason_code for p in received if isinstance(p, Disconnect)] == [RETAIN_NOT_SUPPORTED]
     session(default_broker, cid_of(request), refused_retain=1, publishes_forwarded=0)
+
+
+def test_without_the_proxy_mosquitto_itself_refuses_retain_with_0x9a(
+    issuer_keys: IssuerKeys, connect: Connect
+) -> None:
+    with LocalBroker(keys_dir=issuer_keys.directory) as plain:  # quotas=False: mosquitto alone
+        client = connect(plain)
+        assert client.connack.properties[PROP_RETAIN_AVAILABLE] == 0  # type: ignore[attr-defined]
+        client.sock.sendall(publish_packet("r/x", b"kept", 1, retain=True))
+
+        received = client.wait_closed(timeout=20)
+
+    assert [p.reason_code for p in received if isinstance(p, Disconnect)] == [RETAIN_NOT_SUPPORTED]
 
 
 def test_a_retained_publish_is_accepted_when_the_broker_allows_retain(
