@@ -139,11 +139,11 @@ async def main() -> None:
     limits = replace(DEFAULT_LIMITS, messages_per_second=float(args.rate))
     with tempfile.TemporaryDirectory() as keys:
         generate_rsa_key_pair(Path(keys), "issuer")
-        with LocalBroker(keys_dir=Path(keys), publish_rate=args.rate) as broker:
+        with LocalBroker(keys_dir=Path(keys), quotas=True, publish_rate=args.rate) as broker:
             known = await drain(
                 broker, label="known", limits=limits, count=count, payload=args.payload, window=args.window
             )
-        with LocalBroker(keys_dir=Path(keys), publish_rate=args.rate // 2) as broker:
+        with LocalBroker(keys_dir=Path(keys), quotas=True, publish_rate=args.rate // 2) as broker:
             half = await drain(
                 broker,
                 label="broker-half",
@@ -152,7 +152,7 @@ async def main() -> None:
                 payload=args.payload,
                 window=args.window,
             )
-        with LocalBroker(keys_dir=Path(keys)) as broker:
+        with LocalBroker(keys_dir=Path(keys), quotas=True) as broker:
             # 8 kB messages: the byte rate (1 MB/s) allows ~120/s; the 64 KB in-flight cap holds 7-8.
             big = await drain(
                 broker, label="big", limits=DEFAULT_LIMITS, count=1000, payload=8000, window=args.window

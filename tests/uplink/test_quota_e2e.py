@@ -66,7 +66,7 @@ async def test_after_an_outage_under_load_the_drain_keeps_to_the_quota_and_loses
     with config.open("a") as out:
         out.write(f"\n[uplink.limits]\nmessages_per_second = {configured}\n")
 
-    with LocalBroker(keys_dir=keys, publish_rate=BROKER_RATE, throttle=throttle) as broker:  # type: ignore[arg-type]
+    with LocalBroker(keys_dir=keys, quotas=True, publish_rate=BROKER_RATE, throttle=throttle) as broker:  # type: ignore[arg-type]
         gate = await Gate(broker).start()
         async with observing(broker) as sub:
             process = await gateway(config, broker, port=gate.port).start()
