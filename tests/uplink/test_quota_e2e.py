@@ -127,8 +127,12 @@ async def test_after_an_outage_under_load_the_drain_keeps_to_the_quota_and_loses
     else:
         # The throttling happened, and the gateway heard it.
         assert throttled > 0 and status.uplink.throttled > 0
-    # No reconnect storm: the first connection, the one after the outage, and a few the broker ended.
-    assert counters["connections"] <= (2 if throttle == "puback" else 12)
+    # No reconnect storm: the first connection, the one after the outage, and one per DISCONNECT 0x97,
+    # which the slowdown keeps rare (AIMD probes the limit again every few seconds, not many times a
+    # second).
+    disconnects = counters.get("disconnect_0x97", 0)
+    assert counters["connections"] <= 2 + disconnects
+    assert disconnects <= max(4.0, drain_seconds / 2)
     # Fresh readings kept flowing during the drain (order, not latency): of those sampled while the
     # backlog drained, most arrived before its last message.
     sampled_during_drain = [a for a in after if reconnected_at < a.ts < end_of_drain]
