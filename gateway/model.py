@@ -128,10 +128,14 @@ class PublishOutcome(enum.Enum):
 
     #: The broker acknowledged it (QoS 1 PUBACK with a success code) or it was written (QoS 0).
     DELIVERED = "delivered"
-    #: Refused for good: locally (too large, QoS 2) or by the broker's PUBACK (e.g. 0x87 not authorized).
+    #: Refused for good: locally (too large, QoS 2) or by the broker's PUBACK 0x87 (not authorized) or
+    #: 0x99 (payload format invalid).
     REFUSED = "refused"
     #: The connection dropped before the outcome was known: the caller sends it again.
     LOST = "lost"
+    #: Refused for now (PUBACK 0x97 quota exceeded, 0x80, 0x83, or another code that is not final): the
+    #: caller keeps it and sends it again, a bounded number of times.
+    RETRY = "retry"
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,14 @@ class UplinkStatus:
     inflight: int = 0
     #: PUBACKs "not authorized" and local refusals by the permission check (0 until it exists).
     permission_denials: int = 0
+    #: Shaping ([uplink.limits]): publishes/s allowed now, throttling answers (0x97/0x80/0x83), PUBACKs
+    #: that asked for a resend, PUBLISH bytes in flight (and their peak), publishes/s sent lately.
+    allowed_rate: float = 0.0
+    throttled: int = 0
+    retried: int = 0
+    inflight_bytes: int = 0
+    peak_inflight_bytes: int = 0
+    send_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,9 @@ class PipelineStatus:
     store_disk_bytes: int = 0
     #: The durable store could not use its file and keeps messages in memory only.
     store_degraded: bool = False
+    #: Sends refused for now by the broker and resent; messages moved to the store's dead letters.
+    retried: int = 0
+    store_dead_letters: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +206,12 @@ def uplink_status(sink: object) -> UplinkStatus:
         lost=_count(stats, "lost"),
         inflight=_count(stats, "inflight"),
         permission_denials=_count(stats, "permission_denials"),
+        allowed_rate=_stat(stats, "allowed_rate") or 0.0,
+        throttled=_count(stats, "throttled"),
+        retried=_count(stats, "retried"),
+        inflight_bytes=_count(stats, "inflight_bytes"),
+        peak_inflight_bytes=_count(stats, "peak_inflight_bytes"),
+        send_rate=_stat(stats, "send_rate") or 0.0,
     )
 
 
@@ -250,6 +267,8 @@ def take_snapshot(
             store_disk_messages=store.disk_messages,
             store_disk_bytes=store.disk_bytes,
             store_degraded=store.degraded,
+            retried=pump.retried,
+            store_dead_letters=store.dead_letters,
         ),
         devices=devices,
         stuck=stuck,
@@ -329,11 +348,20 @@ def format_status(snap: Snapshot, now: float, out: TextIO) -> None:
             f"  published {u.published}: delivered {u.delivered}, refused {u.refused}, lost {u.lost}; "
             f"in flight {u.inflight}; permission denials {u.permission_denials}\n"
         )
+        out.write(
+            f"  sending {u.send_rate:.1f}/s, allowed {u.allowed_rate:.1f}/s; throttled {u.throttled}, "
+            f"resent {u.retried}; {u.inflight_bytes} bytes in flight (peak {u.peak_inflight_bytes})\n"
+        )
     p = snap.pipeline
     out.write(
         f"pipeline: {p.readings} readings ({p.readings_per_second:.1f}/s), {p.messages} messages, "
         f"{p.delivered} delivered, {p.refused} refused, {p.resent} resent\n"
     )
+    if p.retried or p.store_dead_letters:
+        out.write(
+            f"  throttled and resent {p.retried}; DEAD LETTERS {p.store_dead_letters} (refused too often,"
+            " kept aside in the store)\n"
+        )
     out.write(
         f"  reading queue {p.reading_queue}/{p.reading_queue_max} (dropped {p.reading_queue_dropped}), "
         f"store {p.store_depth}/{p.store_max} (in flight {p.store_in_flight}, dropped {p.store_dropped})\n"

@@ -44,8 +44,6 @@ from gateway.uplink.mqtt_auth import AuthClient, install, new_properties, paho_l
 
 log = logging.getLogger("fieldgate.probe")
 
-#: Event Grid's documented inbound publish quota per session, when the config states none.
-EVENT_GRID_PUBLISH_RATE = 1000.0
 #: The burst publishes at this multiple of the configured (or documented) rate.
 BURST_FACTOR = 2.0
 #: How long after ``exp`` the expiry check keeps watching a connection that stays open.
@@ -121,10 +119,8 @@ async def tls_context(cfg: UplinkConfig) -> ssl.SSLContext | None:
 
 def configured_rate(uplink: UplinkConfig) -> float:
     """The publish rate the uplink is configured to stay under: ``[uplink.limits] messages_per_second``
-    where this build reads that section, else Event Grid's documented quota."""
-    limits = getattr(uplink, "limits", None)
-    rate = getattr(limits, "messages_per_second", None)
-    return float(rate) if isinstance(rate, int | float) and rate > 0 else EVENT_GRID_PUBLISH_RATE
+    (Event Grid's documented quota unless the config says otherwise)."""
+    return uplink.limits.messages_per_second
 
 
 def altered_signature(jwt: str) -> str:
