@@ -145,11 +145,51 @@ class PublishResult:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class UplinkStats:
+    connected: bool
+    connected_since: float | None
+    #: Successful CONNECTs (CONNACK 0x00).
+    connects: int
+    #: Transport connections opened (TCP, after the TLS handshake when TLS is on).
+    connections: int
+    refreshes_ok: int
+    refreshes_failed: int
+    published: int
+    delivered: int
+    refused: int
+    lost: int
+    token_expires_at: float | None
+    inflight: int
+    #: Messages the permission gate kept from the broker (their topic is not granted); set by the gate.
+    permission_denials: int = 0
+    #: PUBLISH packets received on subscriptions (commands), and those no subscription of ours matched.
+    inbound: int = 0
+    inbound_unmatched: int = 0
+    #: Filters subscribed (SUBACK < 0x80) / not attempted (not permitted) / refused by SUBACK.
+    subscribed: int = 0
+    subscriptions_not_permitted: int = 0
+    subscriptions_refused: int = 0
+    #: Shaping: publishes/s allowed now, throttling answers (PUBACK or DISCONNECT 0x97/0x80/0x83), PUBACKs
+    #: that asked for a resend, PUBLISH bytes awaiting PUBACK (and their peak), publishes/s sent lately.
+    allowed_rate: float = 0.0
+    throttled: int = 0
+    retried: int = 0
+    inflight_bytes: int = 0
+    peak_inflight_bytes: int = 0
+    send_rate: float = 0.0
+
+
 class MessageSink(Protocol):
     """Where the pump hands messages: the uplink, or the dry-run printer."""
 
     async def run(self) -> None:
         """Serve until cancelled (connect, reconnect, refresh...)."""
+        ...
+
+    @property
+    def stats(self) -> UplinkStats | None:
+        """The session's figures for status and metrics; None for a sink that has none (the dry run)."""
         ...
 
     async def send(self, message: Message) -> asyncio.Future[PublishResult]:

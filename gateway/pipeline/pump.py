@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from gateway.config.limits import DEFAULT_LIMITS
-from gateway.model import Message, MessageSink, PublishOutcome, PublishResult
+from gateway.model import Message, MessageSink, PublishOutcome, PublishResult, UplinkStats
 from gateway.store import Store
 
 log = logging.getLogger("fieldgate.pipeline")
@@ -160,6 +160,10 @@ class DryRunSink:
 
     async def run(self) -> None:
         await asyncio.Event().wait()
+
+    @property
+    def stats(self) -> UplinkStats | None:
+        return None  # nothing is sent anywhere: ``sent`` is all there is to count
 
     async def send(self, message: Message) -> asyncio.Future[PublishResult]:
         self.sent += 1

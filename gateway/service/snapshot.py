@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from gateway.model import json_value
+from gateway.model import MessageSink, json_value
+from gateway.pipeline.pump import DryRunSink
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -174,44 +175,31 @@ def _json_safe(node: object) -> object:
     return json_value(node)
 
 
-def _stat(stats: object, name: str) -> float | None:
-    value = getattr(stats, name, None)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value
-
-
-def _count(stats: object, name: str) -> int:
-    value = _stat(stats, name)
-    return int(value) if value is not None else 0
-
-
-def uplink_status(sink: object) -> UplinkStatus:
-    """Figures of the sink's optional ``stats`` (the uplink has them; the dry run has none)."""
-    stats = getattr(sink, "stats", None)
+def uplink_status(sink: MessageSink) -> UplinkStatus:
+    """The sink's figures: the uplink's typed stats, or what a dry run printed."""
+    stats = sink.stats
     if stats is None:
-        return UplinkStatus(kind="dry-run", published=_count(sink, "sent"))
-    connected = getattr(stats, "connected", None)
+        return UplinkStatus(kind="dry-run", published=sink.sent if isinstance(sink, DryRunSink) else 0)
     return UplinkStatus(
         kind="mqtt",
-        connected=connected if isinstance(connected, bool) else None,
-        connected_since=_stat(stats, "connected_since"),
-        connects=_count(stats, "connects"),
-        refreshes_ok=_count(stats, "refreshes_ok"),
-        refreshes_failed=_count(stats, "refreshes_failed"),
-        token_expires_at=_stat(stats, "token_expires_at"),
-        published=_count(stats, "published"),
-        delivered=_count(stats, "delivered"),
-        refused=_count(stats, "refused"),
-        lost=_count(stats, "lost"),
-        inflight=_count(stats, "inflight"),
-        permission_denials=_count(stats, "permission_denials"),
-        allowed_rate=_stat(stats, "allowed_rate") or 0.0,
-        throttled=_count(stats, "throttled"),
-        retried=_count(stats, "retried"),
-        inflight_bytes=_count(stats, "inflight_bytes"),
-        peak_inflight_bytes=_count(stats, "peak_inflight_bytes"),
-        send_rate=_stat(stats, "send_rate") or 0.0,
+        connected=stats.connected,
+        connected_since=stats.connected_since,
+        connects=stats.connects,
+        refreshes_ok=stats.refreshes_ok,
+        refreshes_failed=stats.refreshes_failed,
+        token_expires_at=stats.token_expires_at,
+        published=stats.published,
+        delivered=stats.delivered,
+        refused=stats.refused,
+        lost=stats.lost,
+        inflight=stats.inflight,
+        permission_denials=stats.permission_denials,
+        allowed_rate=stats.allowed_rate,
+        throttled=stats.throttled,
+        retried=stats.retried,
+        inflight_bytes=stats.inflight_bytes,
+        peak_inflight_bytes=stats.peak_inflight_bytes,
+        send_rate=stats.send_rate,
     )
 
 

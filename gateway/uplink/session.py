@@ -51,7 +51,7 @@ from gateway.config.uplink import RefreshConfig, StatusMessageConfig, UplinkConf
 from gateway.errors import ConnectRefused, TokenError, UplinkError
 
 # The outcome types are the core's, so the pipeline's pump understands the uplink's answers.
-from gateway.model import InboundHandler, InboundMessage, Message, PublishOutcome, PublishResult
+from gateway.model import InboundHandler, InboundMessage, Message, PublishOutcome, PublishResult, UplinkStats
 from gateway.mqtt_topics import fill_template, topic_matches, valid_filter
 from gateway.uplink.mqtt_auth import (
     AuthClient,
@@ -90,41 +90,6 @@ FINAL_CODES = frozenset({0x87, 0x99})
 THROTTLE_CODES = frozenset({0x80, 0x83, 0x97})
 #: Keep this many distinct refused topics for "log once per topic"; beyond it, refusals log at debug.
 _MAX_REMEMBERED_TOPICS = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class UplinkStats:
-    connected: bool
-    connected_since: float | None
-    #: Successful CONNECTs (CONNACK 0x00).
-    connects: int
-    #: Transport connections opened (TCP, after the TLS handshake when TLS is on).
-    connections: int
-    refreshes_ok: int
-    refreshes_failed: int
-    published: int
-    delivered: int
-    refused: int
-    lost: int
-    token_expires_at: float | None
-    inflight: int
-    #: Messages the permission gate kept from the broker (their topic is not granted); set by the gate.
-    permission_denials: int = 0
-    #: PUBLISH packets received on subscriptions (commands), and those no subscription of ours matched.
-    inbound: int = 0
-    inbound_unmatched: int = 0
-    #: Filters subscribed (SUBACK < 0x80) / not attempted (not permitted) / refused by SUBACK.
-    subscribed: int = 0
-    subscriptions_not_permitted: int = 0
-    subscriptions_refused: int = 0
-    #: Shaping: publishes/s allowed now, throttling answers (PUBACK or DISCONNECT 0x97/0x80/0x83), PUBACKs
-    #: that asked for a resend, PUBLISH bytes awaiting PUBACK (and their peak), publishes/s sent lately.
-    allowed_rate: float = 0.0
-    throttled: int = 0
-    retried: int = 0
-    inflight_bytes: int = 0
-    peak_inflight_bytes: int = 0
-    send_rate: float = 0.0
 
 
 def publish_packet_size(topic: str, payload_len: int, qos: int, property_bytes: int = 0) -> int:

@@ -19,6 +19,9 @@ from gateway.store.memory import MemoryStore
 class ScriptedBroker:
     """A sink answering each message by a rule on its seq (a real uplink maps PUBACK codes the same way)."""
 
+    #: No session figures: status shows a sink without a connection.
+    stats = None
+
     def __init__(self, answer: dict[int, list[PublishResult]]) -> None:
         self.answer = answer
         self.sends: list[int] = []
