@@ -11,7 +11,7 @@ import asyncio
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, overload, runtime_checkable
 
 if TYPE_CHECKING:
     from gateway.schema import Table
@@ -45,6 +45,64 @@ class Reading:
     quality: Quality = Quality.GOOD
     #: Why the quality is not good, for BAD/UNCERTAIN readings (short, no secrets).
     reason: str | None = None
+
+
+class PointBatch(Sequence[Reading]):
+    """One poll cycle of one device as columns: the per-cycle fast path, without an object per point.
+
+    A driver that reads many points at once (a register block) hands this to its ``ReadingSink`` instead
+    of a list of ``Reading``; the queue and the router read the columns directly. It is still a sequence
+    of readings (built on access), so code that iterates readings keeps working. ``bad`` holds the points
+    whose quality is not good: index -> (quality, reason); their value is None.
+    """
+
+    __slots__ = ("bad", "device", "names", "stamps", "units", "values")
+
+    def __init__(
+        self,
+        device: str,
+        names: Sequence[str],
+        units: Sequence[str | None],
+        values: Sequence[Value | None],
+        stamps: Sequence[float],
+        *,
+        bad: dict[int, tuple[Quality, str | None]] | None = None,
+    ) -> None:
+        self.device = device
+        self.names = names
+        self.units = units
+        self.values = values
+        #: Sampling time of each point (one per request: points of a request share the object).
+        self.stamps = stamps
+        self.bad: dict[int, tuple[Quality, str | None]] = bad if bad is not None else {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, index: int) -> Reading: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Reading]: ...
+    def __getitem__(self, index: int | slice) -> Reading | Sequence[Reading]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self.names)
+        quality, reason = self.bad.get(index, (Quality.GOOD, None))
+        return Reading(
+            self.device,
+            self.names[index],
+            self.values[index],
+            self.units[index],
+            self.stamps[index],
+            quality,
+            reason,
+        )
+
+    @property
+    def timestamp(self) -> float:
+        """The newest sampling time in the cycle."""
+        return max(self.stamps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +171,8 @@ class ReadingSink(Protocol):
     """Where a driver hands its readings: one call per device per poll cycle (or per received frame).
 
     Never blocks: the pipeline applies its overflow policy. One call is one unit for the router's
-    batching (``batch = true`` turns one call into one message carrying all its points).
+    batching (``batch = true`` turns one call into one message carrying all its points). A
+    :class:`PointBatch` is the cheap form for a cycle of many points.
     """
 
     def __call__(self, readings: Sequence[Reading]) -> None: ...

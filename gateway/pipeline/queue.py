@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.model import Quality, Reading
+from gateway.model import PointBatch, Quality, Reading
 from gateway.pipeline.router import Router
 from gateway.store import Store
 
@@ -57,14 +57,23 @@ class ReadingQueue:
         counters.cycles += 1
         counters.readings += len(readings)
         failing = 0
-        for reading in readings:
-            if reading.quality is Quality.BAD:
-                failing += 1
-                counters.last_error = f"{reading.point}: {reading.reason or 'no value'}"
-                counters.last_error_at = reading.timestamp
+        if isinstance(readings, PointBatch):
+            # The fast path: only the points that are not good are looked at.
+            for index, (quality, reason) in readings.bad.items():
+                if quality is Quality.BAD:
+                    failing += 1
+                    counters.last_error = f"{readings.names[index]}: {reason or 'no value'}"
+                    counters.last_error_at = readings.stamps[index]
+            counters.last_reading = readings.stamps[-1]
+        else:
+            for reading in readings:
+                if reading.quality is Quality.BAD:
+                    failing += 1
+                    counters.last_error = f"{reading.point}: {reading.reason or 'no value'}"
+                    counters.last_error_at = reading.timestamp
+            counters.last_reading = readings[-1].timestamp
         counters.bad += failing
         counters.failing = failing
-        counters.last_reading = readings[-1].timestamp
         if len(self._cycles) >= self.max_cycles:
             self._cycles.popleft()
             self.dropped += 1
@@ -93,8 +102,20 @@ class ReadingQueue:
 async def route_forever(queue: ReadingQueue, router: Router, store: Store) -> None:
     """The router task: poll cycles in, messages into the store."""
     while True:
-        readings = await queue.get()
-        for message in router.route(readings):
+        wait = router.batch_wait()
+        if wait is None:
+            readings: Sequence[Reading] | None = await queue.get()
+        else:
+            # A gateway-level batch is filling: wake up when it is due even if no device polls.
+            try:
+                async with asyncio.timeout(wait):
+                    readings = await queue.get()
+            except TimeoutError:
+                readings = None
+        if readings is not None:
+            for message in router.route(readings):
+                store.append(message)
+        for message in router.flush_due():
             store.append(message)
         # Let drivers and the pump run between cycles even when the queue is long.
         await asyncio.sleep(0)
@@ -107,4 +128,6 @@ def route_pending(queue: ReadingQueue, router: Router, store: Store) -> int:
         for message in router.route(readings):
             store.append(message)
         count += 1
+    for message in router.flush():
+        store.append(message)
     return count

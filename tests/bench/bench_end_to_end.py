@@ -108,7 +108,8 @@ async def bare_loop(ports: Sequence[int], interval: float, seconds: float) -> No
                     raw = reg - 0x10000 if reg & 0x8000 else reg
                     points[name] = {"value": raw * SCALE, "unit": unit, "quality": "good"}
                 seq += 1
-                body = {"seq": seq, "gateway": "gw-bench", "device": f"m{index:02}", "ts": ts, "points": points}
+                body = {"seq": seq, "gateway": "gw-bench", "device": f"m{index:02}", "ts": ts}
+                body["points"] = points
                 encode(body).encode()
                 count += POINTS
         finally:
@@ -153,7 +154,7 @@ def _rss(pid: int) -> float:
 
 # -- fieldgate -------------------------------------------------------------------------------------
 def gateway_config(
-    ports: Sequence[int], interval: float, state_dir: Path, broker: Any, store: str, telemetry: str
+    ports: Sequence[int], interval: float, state_dir: Path, broker: Any, *, store: str, telemetry: str
 ) -> str:
     lines = [
         f'[gateway]\nid = "gw-bench"\nsite = "bench"\nstats_interval = 1\nstate_dir = "{state_dir}"',
@@ -192,11 +193,13 @@ class GatewayRun:
 
 
 def run_gateway(
-    ports: Sequence[int], interval: float, seconds: float, broker: Any, store: str, telemetry: str
+    ports: Sequence[int], interval: float, seconds: float, broker: Any, *, store: str, telemetry: str
 ) -> GatewayRun:
     with tempfile.TemporaryDirectory(prefix="fieldgate-bench-") as tmp:
         config = Path(tmp) / "gateway.toml"
-        config.write_text(gateway_config(ports, interval, Path(tmp), broker, store, telemetry))
+        config.write_text(
+            gateway_config(ports, interval, Path(tmp), broker, store=store, telemetry=telemetry)
+        )
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
@@ -244,9 +247,10 @@ def run_gateway(
 
 
 # -- Event Grid throughput units ---------------------------------------------------------------------
-METER_NAMES = [
-    f"{q}_{p}" for q in ("voltage", "current", "power", "reactive", "apparent") for p in ("l1", "l2", "l3", "n")
-] + [f"{q}_{i:02}" for q in ("energy_import", "energy_export", "thd_voltage", "thd_current") for i in range(20)]
+_PHASED = ("voltage", "current", "power", "reactive", "apparent")
+_NUMBERED = ("energy_import", "energy_export", "thd_voltage", "thd_current")
+METER_NAMES = [f"{q}_{p}" for q in _PHASED for p in ("l1", "l2", "l3", "n")]
+METER_NAMES += [f"{q}_{i:02}" for q in _NUMBERED for i in range(20)]
 SENSOR_POINTS = [("temperature", "°C"), ("humidity", "%"), ("pressure", "hPa"), ("co2", "ppm")]
 SENSOR_POINTS += [("battery", "V"), ("rssi", "dBm")]
 
@@ -288,7 +292,13 @@ def shape_traffic(shape: Shape, telemetry: dict[str, object], seconds: int = 10)
     config = parse_config("\n".join(toml), Path("shape.toml"))
     from gateway.pipeline.router import Router
 
-    router = Router(config.gateway.id, config.gateway.site, config.routes, config.telemetry.qos)
+    router = Router(
+        config.gateway.id,
+        config.gateway.site,
+        config.routes,
+        config.telemetry.qos,
+        telemetry=config.telemetry,
+    )
     queue = ReadingQueue(100_000)
     sent: list[Any] = []
 
@@ -307,9 +317,9 @@ def shape_traffic(shape: Shape, telemetry: dict[str, object], seconds: int = 10)
             ]
             queue.put(readings)
         route_pending(queue, router, store)
-        flush: Callable[[float], list[Any]] | None = getattr(router, "flush_due", None)
+        flush: Callable[[], list[Any]] | None = getattr(router, "flush", None)
         if flush is not None:
-            sent.extend(flush(t + second + 1.0))
+            sent.extend(flush())
     readings = sum(len(points) for _, points in shape) * seconds
     size = sum(len(m.payload) + len(m.topic.encode()) for m in sent)
     return readings, len(sent), size
@@ -338,7 +348,9 @@ def throughput_table() -> None:
 
 # -- main ------------------------------------------------------------------------------------------
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured window")
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
     parser.add_argument("--payload", choices=tuple(PAYLOAD_MODES), default="default")
@@ -378,7 +390,7 @@ def main() -> None:
                 scenarios.append(("20 dev, saturation", 20, 0.0001))
             for label, devices, interval in scenarios:
                 ports = all_ports[:devices]
-                fg = run_gateway(ports, interval, args.seconds, broker, args.store, telemetry)
+                fg = run_gateway(ports, interval, args.seconds, broker, store=args.store, telemetry=telemetry)
                 bare = run_bare(ports, interval, args.seconds)
                 bare_us = 1e6 * bare["cpu"] / bare["readings"]
                 print(
