@@ -189,6 +189,8 @@ class GatewayRun:
     readings_s: float
     rss: float
     connack: float
+    #: CPU seconds the process had used at CONNACK: start cost without the wait for a busy machine's cores.
+    connack_cpu: float
     delivered_ratio: float
 
 
@@ -211,12 +213,14 @@ def run_gateway(
         assert proc.stderr is not None
         try:
             connack = None
+            connack_cpu = 0.0
             samples: list[tuple[float, int, int, float]] = []
             warm_until = None
             for line in proc.stderr:
                 now = time.perf_counter()
                 if connack is None and "uplink connected to" in line:
                     connack = now - t0
+                    connack_cpu = _cpu(proc.pid)
                     warm_until = now + 3.0
                 match = _STATS.search(line)
                 if match and warm_until is not None and now >= warm_until:
@@ -242,6 +246,7 @@ def run_gateway(
         readings_s=readings / (tb - ta),
         rss=rss,
         connack=connack,
+        connack_cpu=connack_cpu,
         delivered_ratio=(db - da) / max(1, readings / POINTS),
     )
 
@@ -384,7 +389,7 @@ def main() -> None:
                 f"vs a bare loop (pymodbus poll + scale + the same JSON), {args.seconds:g} s windows"
             )
             print(f"{'scenario':34}{'fg us/rd':>9}{'bare us/rd':>11}{'ratio':>7}{'fg rd/s':>9}"
-                  f"{'fg RSS':>8}{'bare RSS':>9}{'CONNACK':>9}")  # fmt: skip
+                  f"{'fg RSS':>8}{'bare RSS':>9}{'CONNACK':>9}{'(CPU)':>7}")  # fmt: skip
             scenarios = [("10 dev x 100 pts @ 2 Hz", 10, 0.5), ("20 dev x 100 pts @ 10 Hz", 20, 0.1)]
             if not args.skip_saturation:
                 scenarios.append(("20 dev, saturation", 20, 0.0001))
@@ -395,7 +400,7 @@ def main() -> None:
                 bare_us = 1e6 * bare["cpu"] / bare["readings"]
                 print(
                     f"{label:34}{fg.cpu_us:>9.2f}{bare_us:>11.2f}{fg.cpu_us / bare_us:>6.2f}x"
-                    f"{fg.readings_s:>9.0f}{fg.rss:>7.0f}M{bare['rss']:>8.0f}M{fg.connack:>8.2f}s"
+                    f"{fg.readings_s:>9.0f}{fg.rss:>7.1f}M{bare['rss']:>8.1f}M{fg.connack:>8.2f}s{fg.connack_cpu:>6.2f}s"
                 )
                 if interval < 0.001:
                     print(f"{'  saturation readings/s':34}fieldgate {fg.readings_s:,.0f}, bare "
