@@ -45,6 +45,21 @@ POINTS = 100
 SCALE = 0.1
 UNITS = ("V", "A", "kW", "kWh", "Hz")
 TICK = os.sysconf("SC_CLK_TCK")
+#: The processes run with bytecode, as an installed gateway does (pip compiles it); a development shell
+#: often sets PYTHONDONTWRITEBYTECODE, which would make every start compile every module from source.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "fieldgate-bench-pycache")
+
+
+def compile_sources(tree: Path = ROOT) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "gateway", "drivers", "tests/support"],
+        cwd=tree,
+        env=ENV,
+        check=True,
+    )
+
+
 #: Event Grid, per namespace throughput unit (``event-grid-mqtt.md``).
 TU_MESSAGES = 1_000
 TU_BYTES = 1_000_000
@@ -134,6 +149,7 @@ def run_bare(ports: Sequence[int], interval: float, seconds: float) -> dict[str,
         text=True,
         check=True,
         cwd=ROOT,
+        env=ENV,
     )
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -195,7 +211,14 @@ class GatewayRun:
 
 
 def run_gateway(
-    ports: Sequence[int], interval: float, seconds: float, broker: Any, *, store: str, telemetry: str
+    ports: Sequence[int],
+    interval: float,
+    seconds: float,
+    broker: Any,
+    *,
+    store: str,
+    telemetry: str,
+    tree: Path = ROOT,
 ) -> GatewayRun:
     with tempfile.TemporaryDirectory(prefix="fieldgate-bench-") as tmp:
         config = Path(tmp) / "gateway.toml"
@@ -205,7 +228,8 @@ def run_gateway(
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            cwd=ROOT,
+            cwd=tree,
+            env=ENV,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -360,6 +384,12 @@ def main() -> None:
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
     parser.add_argument("--payload", choices=tuple(PAYLOAD_MODES), default="default")
     parser.add_argument("--skip-saturation", action="store_true")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/base main`): its gateway is measured too, "
+        "in the same run, for before/after figures",
+    )
     parser.add_argument("--only-throughput", action="store_true", help="only the Event Grid table")
     parser.add_argument("--bare", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -374,6 +404,9 @@ def main() -> None:
     from tests.support.broker import LocalBroker
     from tests.support.tokens import generate_rsa_key_pair
 
+    compile_sources()
+    if args.baseline_tree is not None:
+        compile_sources(args.baseline_tree)
     telemetry = "\n".join(f"{k} = {json.dumps(v)}" for k, v in PAYLOAD_MODES[args.payload].items())
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
@@ -400,8 +433,19 @@ def main() -> None:
                 bare_us = 1e6 * bare["cpu"] / bare["readings"]
                 print(
                     f"{label:34}{fg.cpu_us:>9.2f}{bare_us:>11.2f}{fg.cpu_us / bare_us:>6.2f}x"
-                    f"{fg.readings_s:>9.0f}{fg.rss:>7.1f}M{bare['rss']:>8.1f}M{fg.connack:>8.2f}s{fg.connack_cpu:>6.2f}s"
+                    f"{fg.readings_s:>9.0f}{fg.rss:>7.1f}M{bare['rss']:>8.1f}M{fg.connack:>8.2f}s"
+                    f"{fg.connack_cpu:>6.2f}s"
                 )
+                if args.baseline_tree is not None:
+                    base = run_gateway(
+                        ports, interval, args.seconds, broker, store=args.store, telemetry=telemetry,
+                        tree=args.baseline_tree,
+                    )  # fmt: skip
+                    print(
+                        f"{'  baseline tree':34}{base.cpu_us:>9.2f}{'':>11}{base.cpu_us / bare_us:>6.2f}x"
+                        f"{base.readings_s:>9.0f}{base.rss:>7.1f}M{'':>9}{base.connack:>8.2f}s"
+                        f"{base.connack_cpu:>6.2f}s"
+                    )
                 if interval < 0.001:
                     print(f"{'  saturation readings/s':34}fieldgate {fg.readings_s:,.0f}, bare "
                           f"{bare['readings'] / bare['wall']:,.0f} "

@@ -206,3 +206,40 @@ def test_gateway_batch_without_the_compact_format_is_refused_with_its_key() -> N
 
     assert "telemetry.gateway_batch" in str(caught.value)
     assert "compact" in str(caught.value)
+
+
+async def test_the_running_gateway_sends_gateway_batches_a_consumer_can_read(tmp_path: Path) -> None:
+    from tests.support.process import GatewayProcess
+
+    config = tmp_path / "gateway.toml"
+    devices = "".join(
+        f'[devices.sensor-{i}]\ndriver = "simulated"\ninterval = 0.1\n'
+        f'[[devices.sensor-{i}.points]]\nname = "t"\nsignal = "sine"\nunit = "°C"\n'
+        f'[[devices.sensor-{i}.points]]\nname = "rh"\nsignal = "sine"\n'
+        for i in range(3)
+    )
+    config.write_text(
+        f'[gateway]\nid = "gw-1"\nsite = "plant"\nstats_interval = 0\nstate_dir = "{tmp_path}"\n'
+        '[store]\nkind = "memory"\n'
+        '[telemetry]\nformat = "compact"\ngateway_batch = 0.5\n' + devices
+    )
+    process = await GatewayProcess(["run", "--config", str(config), "--dry-run"]).start()
+    try:
+        # Wait for two batch messages: the second one is a full interval of every device's cycles.
+        await process.wait_for(lambda line: line.startswith("sites/plant/gw-1/telemetry "), timeout=60)
+        first = len(process.stdout)
+        await process.wait_for(
+            lambda line: line.startswith("sites/plant/gw-1/telemetry "), start=first, timeout=60
+        )
+    finally:
+        await process.kill()
+    batches = [
+        line.split(" ", 1)[1] for line in process.stdout if line.startswith("sites/plant/gw-1/telemetry ")
+    ]
+    for text in batches:
+        jsonschema.validate(json.loads(text), SCHEMA)
+    devices_in_last = {entry["n"] for entry in json.loads(batches[-1])["d"]}
+    assert devices_in_last == {"sensor-0", "sensor-1", "sensor-2"}
+    readings = rebuild(batches[-1].encode())
+    assert {(r[0], r[1]) for r in readings} == {(f"sensor-{i}", p) for i in range(3) for p in ("t", "rh")}
+    assert all(r[4] == "good" and isinstance(r[2], float) for r in readings)
