@@ -182,6 +182,7 @@ class Router:
     # -- the default format from columns -----------------------------------------------------------
     def _points_text(self, batch: PointBatch, ts: float) -> str:
         heads, tails, bad = self._heads, self._tails, batch.bad
+        isfinite, float_repr, int_repr = math.isfinite, float.__repr__, int.__repr__
         parts: list[str] = []
         for i, (name, unit, value, stamp) in enumerate(
             zip(batch.names, batch.units, batch.values, batch.stamps, strict=True)
@@ -197,7 +198,15 @@ class Router:
                 unit_text = "" if unit is None else f',"unit":{_encode(unit)}'
                 tail = tails[unit] = f'{unit_text},"quality":"good"'
             end = "}" if stamp == ts else f',"ts":{_value_text(stamp)}}}'
-            parts.append(head + _value_text(value) + tail + end)
+            # _value_text inlined for the two common kinds: this loop runs once per reading.
+            kind = type(value)
+            if kind is float and isfinite(value):  # type: ignore[arg-type]
+                text = float_repr(value)
+            elif kind is int:
+                text = int_repr(value)
+            else:
+                text = _value_text(value)
+            parts.append(head + text + tail + end)
         return '"points":{' + ",".join(parts) + "}"
 
     def _name(self, name: str) -> str:
