@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from drivers.modbus.config import ModbusConfig, parse_config
+from drivers.modbus.driver import build_drivers
 from gateway.model import Driver, DriverConfig
 from gateway.schema import Table
 
@@ -17,9 +18,6 @@ class ModbusPlugin:
 
     def build(self, config: DriverConfig) -> Sequence[Driver]:
         assert isinstance(config, ModbusConfig)
-        # Imported here: checking a config needs no pymodbus (a few MiB and ~0.1 s on a Pi).
-        from drivers.modbus.driver import build_drivers
-
         return build_drivers(config)
 
 
