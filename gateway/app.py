@@ -65,7 +65,13 @@ class Gateway:
         self.config = config
         self.sink = sink
         self.readings = ReadingQueue(config.telemetry.reading_queue)
-        self.router = Router(config.gateway.id, config.gateway.site, config.routes, config.telemetry.qos)
+        self.router = Router(
+            config.gateway.id,
+            config.gateway.site,
+            config.routes,
+            config.telemetry.qos,
+            telemetry=config.telemetry,
+        )
         self.store = store if store is not None else make_store(config.store, config.gateway.state_dir)
         self.pump_counters = PumpCounters()
         self.set_aside = SetAside()
@@ -329,6 +335,7 @@ class Gateway:
         await self._stop_drivers(changed)
         self.router.set_routes(new.routes)
         self.router.qos = new.telemetry.qos
+        self.router.set_telemetry(new.telemetry)
         self.config = new
         assert self._tg is not None
         started = []

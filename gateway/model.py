@@ -12,7 +12,7 @@ import enum
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, overload, runtime_checkable
 
 if TYPE_CHECKING:
     from gateway.schema import Table
@@ -103,6 +103,64 @@ def json_value(value: object) -> object:
     if isinstance(value, str):
         return valid_text(value)
     return value
+
+
+class PointBatch(Sequence[Reading]):
+    """One poll cycle of one device as columns: the per-cycle fast path, without an object per point.
+
+    A driver that reads many points at once (a register block) hands this to its ``ReadingSink`` instead
+    of a list of ``Reading``; the queue and the router read the columns directly. It is still a sequence
+    of readings (built on access), so code that iterates readings keeps working. ``bad`` holds the points
+    whose quality is not good: index -> (quality, reason); their value is None.
+    """
+
+    __slots__ = ("bad", "device", "names", "stamps", "units", "values")
+
+    def __init__(
+        self,
+        device: str,
+        names: Sequence[str],
+        units: Sequence[str | None],
+        values: Sequence[Value | None],
+        stamps: Sequence[float],
+        *,
+        bad: dict[int, tuple[Quality, str | None]] | None = None,
+    ) -> None:
+        self.device = device
+        self.names = names
+        self.units = units
+        self.values = values
+        #: Sampling time of each point (one per request: points of a request share the object).
+        self.stamps = stamps
+        self.bad: dict[int, tuple[Quality, str | None]] = bad if bad is not None else {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, index: int) -> Reading: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Reading]: ...
+    def __getitem__(self, index: int | slice) -> Reading | Sequence[Reading]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self.names)
+        quality, reason = self.bad.get(index, (Quality.GOOD, None))
+        return Reading(
+            self.device,
+            self.names[index],
+            self.values[index],
+            self.units[index],
+            self.stamps[index],
+            quality,
+            reason,
+        )
+
+    @property
+    def timestamp(self) -> float:
+        """The newest sampling time in the cycle."""
+        return max(self.stamps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +276,8 @@ class ReadingSink(Protocol):
     """Where a driver hands its readings: one call per device per poll cycle (or per received frame).
 
     Never blocks: the pipeline applies its overflow policy. One call is one unit for the router's
-    batching (``batch = true`` turns one call into one message carrying all its points).
+    batching (``batch = true`` turns one call into one message carrying all its points). A
+    :class:`PointBatch` is the cheap form for a cycle of many points.
     """
 
     def __call__(self, readings: Sequence[Reading]) -> None: ...
@@ -369,3 +428,28 @@ class Commandable(Protocol):
 #: point names a ``register(subparsers)`` callable taking argparse's subparsers action; every subcommand
 #: it adds sets ``handler=<callable(argparse.Namespace) -> int>`` with ``set_defaults``.
 CLI_ENTRY_POINT_GROUP = "fieldgate.cli"
+
+
+def clean_batch(batch: PointBatch) -> list[tuple[int, Value | None]]:
+    """:func:`clean_reading` for a poll cycle in columns, in place: a value that is not a finite number
+    becomes ``None`` with BAD quality, a string becomes valid Unicode. Returns the repaired points as
+    (index, value as the device sent it); one pass over the values, no object per point."""
+    fixes = [
+        i
+        for i, v in enumerate(batch.values)
+        if (type(v) is float and not math.isfinite(v)) or (type(v) is str and valid_text(v) is not v)
+    ]
+    if not fixes:
+        return []
+    values = list(batch.values)
+    repaired: list[tuple[int, Value | None]] = []
+    for i in fixes:
+        old = values[i]
+        repaired.append((i, old))
+        if isinstance(old, str):
+            values[i] = valid_text(old)
+        else:
+            values[i] = None
+            batch.bad[i] = (Quality.BAD, f"{NOT_FINITE} ({old})")
+    batch.values = values
+    return repaired
