@@ -266,7 +266,13 @@ changed=$program_or_unit_changed
 
 # -- enable and start ---------------------------------------------------------------------------------
 config_ok=0
-check=$(PYTHONDONTWRITEBYTECODE=1 "$opt/venv/bin/fieldgate" check-config "$etc/fieldgate.toml" 2>&1) && config_ok=1
+# As the service's user, not as root: root reads any key or secret file, so a check as root would pass a
+# config the service then cannot read.
+as_service=()
+if [[ -z "$root" ]] && ((EUID == 0)); then
+  if command -v runuser >/dev/null; then as_service=(runuser -u "$user" --); else as_service=(setpriv --reuid="$user" --regid="$user" --init-groups); fi
+fi
+check=$(PYTHONDONTWRITEBYTECODE=1 "${as_service[@]}" "$opt/venv/bin/fieldgate" check-config "$etc/fieldgate.toml" 2>&1) && config_ok=1
 if ((systemd)); then
   systemctl daemon-reload
   systemctl enable fieldgate.service >/dev/null 2>&1 && say "enabled fieldgate.service"

@@ -13,14 +13,17 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.commands.service import CommandService
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from gateway.model import CommandTransport, Driver, MessageSink
+from gateway.mqtt_topics import fill_template
 from gateway.pipeline.pump import PumpCounters, pump_forever
-from gateway.pipeline.queue import ReadingQueue, route_forever, route_pending
+from gateway.pipeline.queue import ReadingQueue, SetAside, route_forever, route_pending
 from gateway.pipeline.router import Router
 from gateway.service.snapshot import uplink_status
 from gateway.store import Store, make_store
@@ -31,12 +34,29 @@ log = logging.getLogger("fieldgate.app")
 #: Restart delays for a driver whose run() ended or crashed (a bug, not a device fault).
 DRIVER_RESTART_MIN = 1.0
 DRIVER_RESTART_MAX = 60.0
+#: The same for the pipeline's own tasks (router, store pump, store, commands): a crash there is a bug
+#: met by some data; the item is set aside where it can be told apart, and the task restarts.
+TASK_RESTART_MIN = 0.5
+TASK_RESTART_MAX = 30.0
+#: A task that ran this long since its last restart is healthy again: backoff and log episode reset.
+TASK_STABLE_AFTER = 60.0
 
 
 @dataclass
 class _Running:
     driver: Driver
     task: asyncio.Task[None]
+
+
+@dataclass
+class TaskRestarts:
+    """Restarts of supervised tasks by task name (``fieldgate status``, metrics)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def hit(self, name: str) -> int:
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return self.counts[name]
 
 
 class Gateway:
@@ -47,6 +67,8 @@ class Gateway:
         self.router = Router(config.gateway.id, config.gateway.site, config.routes, config.telemetry.qos)
         self.store = store if store is not None else make_store(config.store, config.gateway.state_dir)
         self.pump_counters = PumpCounters()
+        self.set_aside = SetAside()
+        self.restarts = TaskRestarts()
         self.started_at = time.time()
         self.reloads = 0
         self._drivers: dict[str, _Running] = {}
@@ -64,9 +86,21 @@ class Gateway:
                     site=config.gateway.site,
                     devices=config.devices,
                     transport=sink,
+                    own_topic=self._own_topic,
                 )
             else:
                 log.warning("[commands] ignored: %s cannot subscribe (no uplink)", type(sink).__name__)
+
+    def _own_topic(self, topic: str) -> bool:
+        """The gateway's own publishing topics (telemetry, birth, will): never a command's response topic."""
+        uplink = self.config.uplink
+        if uplink is not None:
+            for status in (uplink.birth, uplink.will):
+                if status is not None and topic == fill_template(
+                    status.topic, gateway=self.config.gateway.id, site=self.config.gateway.site
+                ):
+                    return True
+        return self.router.produces(topic)
 
     # -- control -----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -105,17 +139,19 @@ class Gateway:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                store_task = tg.create_task(self.store.run(), name="store")
+                store_task = self._keep(tg, "store", self.store.run)
                 sink_task = tg.create_task(self.sink.run(), name="uplink")
-                router_task = tg.create_task(
-                    route_forever(self.readings, self.router, self.store), name="router"
+                router_task = self._keep(
+                    tg,
+                    "router",
+                    lambda: route_forever(self.readings, self.router, self.store, self.set_aside),
                 )
-                pump_task = tg.create_task(
-                    pump_forever(self.store, self.sink, self.pump_counters), name="store.pump"
+                pump_task = self._keep(
+                    tg, "store.pump", lambda: pump_forever(self.store, self.sink, self.pump_counters)
                 )
                 helpers = [tg.create_task(self._reload_loop(), name="config.reload")]
                 if self.commands is not None:
-                    helpers.append(tg.create_task(self.commands.run(), name="commands"))
+                    helpers.append(self._keep(tg, "commands", self.commands.run))
                 if self.config.gateway.stats_interval > 0:
                     helpers.append(tg.create_task(self._stats_loop(), name="stats"))
                 self._start_drivers(self.config)
@@ -130,7 +166,7 @@ class Gateway:
                 log.info("stopping")
                 await self._stop_drivers(list(self._drivers))
                 router_task.cancel()
-                flushed = route_pending(self.readings, self.router, self.store)
+                flushed = route_pending(self.readings, self.router, self.store, self.set_aside)
                 if flushed:
                     log.debug("routed %d queued poll cycles on shutdown", flushed)
                 await self._drain()
@@ -155,6 +191,51 @@ class Gateway:
                 await self.store.wait_empty()
         except TimeoutError:
             log.warning("shutdown grace of %gs over with %d messages waiting", grace, len(self.store))
+
+    # -- supervision -------------------------------------------------------------------------------
+    def _keep(
+        self, tg: asyncio.TaskGroup, name: str, start: Callable[[], Coroutine[Any, Any, None]]
+    ) -> asyncio.Task[None]:
+        return tg.create_task(self._keep_running(name, start), name=name)
+
+    async def _keep_running(self, name: str, start: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a long-lived task; when it ends or crashes (a bug), count it and restart it with backoff.
+
+        The first crash of an episode is logged with its traceback at error level, further ones at debug
+        level; a task that then stays up for TASK_STABLE_AFTER seconds is logged as running again."""
+        loop = asyncio.get_running_loop()
+        delay = TASK_RESTART_MIN
+        failing = False
+
+        def recovered() -> None:
+            nonlocal failing, delay
+            failing, delay = False, TASK_RESTART_MIN
+            log.info("task %s runs again (%d restarts so far)", name, self.restarts.counts.get(name, 0))
+
+        while True:
+            stable = loop.call_later(TASK_STABLE_AFTER, recovered) if failing else None
+            try:
+                await start()
+                why = "ended by itself"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                why = f"crashed ({type(exc).__name__})"
+            finally:
+                if stable is not None:
+                    stable.cancel()
+            count = self.restarts.hit(name)
+            if not failing:
+                log.error(
+                    "task %s %s; restarting in %gs (restart %d)", name, why, delay, count, exc_info=True
+                )
+                failing = True
+            else:
+                log.debug(
+                    "task %s %s again; restarting in %gs (restart %d)", name, why, delay, count, exc_info=True
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, TASK_RESTART_MAX)
 
     # -- drivers -----------------------------------------------------------------------------------
     def _start_drivers(self, config: Config) -> None:
@@ -189,6 +270,7 @@ class Gateway:
                     raise
                 except Exception:
                     log.exception("%s crashed; restarting in %gs", driver.name, delay)
+                self.restarts.hit(driver.name)
                 with contextlib.suppress(Exception):
                     await driver.close()
                 await asyncio.sleep(delay)

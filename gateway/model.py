@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -45,6 +46,58 @@ class Reading:
     quality: Quality = Quality.GOOD
     #: Why the quality is not good, for BAD/UNCERTAIN readings (short, no secrets).
     reason: str | None = None
+
+
+#: Why a value that is not a finite number went out as ``null`` (JSON has no NaN or infinities).
+NOT_FINITE = "not a finite number"
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: a lone surrogate (truncated UTF-16, ``surrogateescape`` bytes) becomes
+    U+FFFD, so that encoding it to UTF-8 can never fail further down the pipeline."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def clean_reading(reading: Reading) -> Reading:
+    """A device's reading made safe to encode: strings valid, a value that is not a finite number is
+    ``None`` with BAD quality (never published as good). The one rule for every path that carries device
+    data (the reading queue, command responses); returns ``reading`` itself when nothing had to change."""
+    value = reading.value
+    quality, reason = reading.quality, reading.reason
+    if isinstance(value, float) and not math.isfinite(value):
+        reason = f"{NOT_FINITE} ({value})" if quality is Quality.GOOD or not reason else reason
+        value, quality = None, Quality.BAD
+    elif isinstance(value, str):
+        value = valid_text(value)
+    device, point = valid_text(reading.device), valid_text(reading.point)
+    unit = valid_text(reading.unit) if reading.unit is not None else None
+    reason = valid_text(reason) if reason is not None else None
+    fields = (device, point, value, unit, reading.timestamp, quality, reason)
+    original = (
+        reading.device,
+        reading.point,
+        reading.value,
+        reading.unit,
+        reading.timestamp,
+        reading.quality,
+        reading.reason,
+    )
+    if all(a is b for a, b in zip(fields, original, strict=True)):
+        return reading
+    return Reading(device, point, value, unit, reading.timestamp, quality, reason)
+
+
+def json_value(value: object) -> object:
+    """A value for a JSON document: a float that is not finite becomes ``None`` (``null``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return valid_text(value)
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -134,20 +135,26 @@ class Channel:
             raise DeviceUnavailable(
                 device, f"{self.label} is down, next attempt in {self._next_connect - now:.1f}s"
             )
-        if self._client is None:
-            self._client = self._make_client()
-        # Opening a serial port happens inside pymodbus' connect (a quick open() of a tty node);
-        # a TCP connect is asynchronous.
-        ok = await self._client.connect()
-        if ok and self._client.connected:
+        ok = True
+        if isinstance(self.link, SerialBus):
+            # open() of a tty node can block (a USB adapter re-enumerating, a line waiting for carrier):
+            # try it in a worker thread first, so that pymodbus' own open on the loop only follows a
+            # quick one. A TCP connect is asynchronous.
+            ok = await asyncio.to_thread(_port_opens, self.link.port)
+        if ok:
+            if self._client is None:
+                self._client = self._make_client()
+            ok = bool(await self._client.connect()) and self._client.connected
+        if ok:
             if self._down_since is not None:
                 log.info("%s: connection restored after %.1fs", self.label, now - self._down_since)
             self._down_since = None
             self._connect_backoff = 0.0
             return
         self.connect_failures += 1
-        self._client.close()
-        self._client = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         backoff_max = self.link.backoff_max
         self._connect_backoff = min(backoff_max, max(0.5, self._connect_backoff * 2))
         self._next_connect = now + self._connect_backoff
@@ -380,3 +387,13 @@ def quiet_pymodbus() -> None:
     """pymodbus logs every timeout and reconnect on its own logger at warning/error level; the driver
     already logs each fault once with the device's name, so the library's lines are silenced."""
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _port_opens(port: str) -> bool:
+    """Whether the serial port's node opens (blocking: run in a worker thread)."""
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    os.close(fd)
+    return True

@@ -32,6 +32,10 @@ from gateway.model import Quality, Reading, Value
 FieldValue = str | int | float | bool | None
 Fields = dict[str, FieldValue]
 
+#: A field a parser adds when the device itself marks part of the frame invalid: its value names the
+#: fields that must not be published as good (space-separated), and it says why after a colon.
+INVALID_FIELDS = "\x00invalid"
+
 
 class Rejected(enum.Enum):
     UNDECODABLE = "undecodable"
@@ -271,6 +275,20 @@ def _gll(f: list[str]) -> Fields:
 
 _SENTENCES: dict[str, Callable[[list[str]], Fields]] = {"GGA": _gga, "RMC": _rmc, "VTG": _vtg, "GLL": _gll}
 
+#: Fields of a sentence that the receiver repeats stale when it has no fix (GGA fix quality 0, RMC/GLL
+#: status V): they go out with bad quality and the reason "no fix", never as good values.
+_FIX_FIELDS = {
+    "GGA": ("latitude", "longitude", "altitude", "geoid_separation", "hdop"),
+    "RMC": ("latitude", "longitude", "speed", "course", "magnetic_variation"),
+    "GLL": ("latitude", "longitude"),
+}
+
+
+def _no_fix(kind: str, values: Fields) -> bool:
+    if kind == "GGA":
+        return values.get("fix_quality") in (0, None)
+    return kind in ("RMC", "GLL") and values.get("status") != "A"
+
 
 def nmea_parser(spec: NmeaParser) -> Parse:
     def parse(payload: bytes) -> Fields | Rejected:
@@ -299,6 +317,9 @@ def nmea_parser(spec: NmeaParser) -> Parse:
         for key, value in values.items():
             fields[key] = value
             fields[f"{kind}.{key}"] = value
+        if _no_fix(kind, values):
+            names = [n for key in _FIX_FIELDS[kind] for n in (key, f"{kind}.{key}")]
+            fields[INVALID_FIELDS] = " ".join(names) + ":no fix"
         return fields
 
     return parse
@@ -343,12 +364,22 @@ _FALSE = frozenset({"0", "false", "off", "no", "n", "f"})
 
 
 def _shown(raw: FieldValue) -> str:
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw.bit_length() > 64:
+        return f"<{'-' if raw < 0 else ''}integer of {raw.bit_length()} bits>"
     text = repr(raw)
     return text if len(text) <= 24 else text[:21] + "..."
 
 
 def convert(point: PointSpec, raw: FieldValue) -> tuple[Value | None, str | None]:
-    """The point's value from a raw field, or ``(None, reason)``."""
+    """The point's value from a raw field, or ``(None, reason)``; never raises, whatever the device sent
+    (a 311-digit integer overflows a float: that is a bad reading, not an exception)."""
+    try:
+        return _convert(point, raw)
+    except (ArithmeticError, ValueError):
+        return None, f"out of range: {_shown(raw)}"
+
+
+def _convert(point: PointSpec, raw: FieldValue) -> tuple[Value | None, str | None]:
     if raw is None:
         return None, "no value in frame"
     if point.type == "string":
@@ -410,8 +441,16 @@ class FramePlan:
             else:
                 self.counters.unparsable += 1
             return fields
+        invalid: dict[str, str] = {}
+        marked = fields.get(INVALID_FIELDS)
+        if isinstance(marked, str):
+            names, _, why = marked.partition(":")
+            invalid = dict.fromkeys(names.split(), why)
         out: list[Reading] = []
         for point in self.points:
+            if point.field in invalid:
+                out.append(self.bad(point, now, invalid[point.field]))
+                continue
             if point.field not in fields:
                 if self.missing_is_bad:
                     out.append(self.bad(point, now, "not in reply"))

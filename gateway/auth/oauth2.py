@@ -142,8 +142,10 @@ class OAuth2TokenSource:
         if request.full_url.startswith("https:"):
             context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
         sent_at = self._clock()
+        # Never follow a redirect: it would send the client's credentials to wherever it points.
+        opener = urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=context))
         try:
-            with urllib.request.urlopen(request, timeout=cfg.timeout, context=context) as answer:
+            with opener.open(request, timeout=cfg.timeout) as answer:
                 raw = answer.read(_MAX_ANSWER_BYTES)
         except urllib.error.HTTPError as exc:
             detail = ""
@@ -156,6 +158,8 @@ class OAuth2TokenSource:
             except (ValueError, OSError):
                 detail = ""
             hint = ""
+            if 300 <= exc.code < 400:
+                hint = " (a redirect, not followed: set token_endpoint to the final URL)"
             if exc.code in (400, 401) and "invalid_client" in detail:
                 hint = " (the client id or its credentials were refused)"
             said = f": {_scrub(detail, hidden)}" if detail else ""
@@ -206,3 +210,10 @@ class OAuth2TokenSource:
         if expires_at <= self._clock():
             raise TokenError(f"{text} has already expired")
         return Token(value=access, expires_at=expires_at, issued_at=issued, claims=claims)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Turns every redirect into an HTTPError carrying its 3xx status."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None

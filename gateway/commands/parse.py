@@ -16,6 +16,8 @@ from gateway.model import (
     Quality,
     Reading,
     Value,
+    clean_reading,
+    json_value,
 )
 
 #: Names in commands (points, serial commands): what a config may declare.
@@ -183,6 +185,8 @@ def _shown(r: Reading) -> str:
 
 
 def _reading_json(r: Reading) -> dict[str, object]:
+    # The router's rule: a value that is not a finite number is null with a bad quality.
+    r = clean_reading(r)
     out: dict[str, object] = {"point": r.point, "value": r.value, "timestamp": round(r.timestamp, 3)}
     if r.unit:
         out["unit"] = r.unit
@@ -209,14 +213,14 @@ def response_payload(device: str | None, request: Request | None, outcome: Outco
             body["name"] = cmd.command
     if outcome.status == "done":
         if request is not None and isinstance(request.command, WritePoint) and outcome.readings:
-            back = outcome.readings[0]
+            back = clean_reading(outcome.readings[0])
             body["value"] = back.value
             if back.unit:
                 body["unit"] = back.unit
         body["readings"] = [_reading_json(r) for r in outcome.readings]
         if outcome.reply is not None:
-            body["reply"] = outcome.reply
+            body["reply"] = json_value(outcome.reply)
     else:
         body["reason"] = outcome.reason
-        body["detail"] = outcome.detail
+        body["detail"] = json_value(outcome.detail)
     return json.dumps(body, separators=(",", ":"), allow_nan=False, default=str).encode("utf-8")

@@ -18,6 +18,11 @@
   command runs, so a command is never executed late.
 * Responses go to the request's Response Topic with its Correlation Data through a bounded queue
   (drop-oldest, counted); the permission gate refuses a response topic the token does not grant.
+  A Response Topic must match the device's ``[commands] response_topic`` filter (default
+  ``sites/{site}/{gateway}/{device}/responses/#``) and must not be one of the gateway's own topics
+  (telemetry, birth, will, commands): otherwise the request is refused unexecuted and unanswered
+  (counted ``response_topic_refused``, logged once per episode), so a requester cannot make the gateway
+  publish onto its own topics.
 
 The handler never imports a driver: drivers that take commands implement :class:`gateway.model.Commandable`.
 """
@@ -28,7 +33,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.commands.parse import (
@@ -78,6 +83,10 @@ class CommandCounters:
     responses_dropped: int = 0
     #: Commands executed without a response topic (outcome only logged).
     unanswered: int = 0
+    #: Requests refused unread because their Response Topic is outside the device's response topics.
+    response_topic_refused: int = 0
+    #: Commands whose handling failed unexpectedly (a bug met by that command): dropped, not retried.
+    set_aside: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -121,12 +130,16 @@ class CommandService:
         site: str,
         devices: Iterable[DeviceInfo],
         transport: CommandTransport,
+        own_topic: Callable[[str], bool] = lambda topic: False,
     ) -> None:
         self.config = config
         self.counters = CommandCounters()
         self._transport = transport
         wanted = set(config.devices)
         self._filters: dict[str, str] = {}
+        self._response_filters: dict[str, str] = {}
+        self._own_topic = own_topic
+        self._refusing_responses = False
         for info in devices:
             if wanted and info.name not in wanted:
                 continue
@@ -134,6 +147,9 @@ class CommandService:
                 gateway=gateway_id, site=site, device=info.name, driver=info.driver
             )
             self._filters[info.name] = topic_filter
+            self._response_filters[info.name] = config.response_filter(
+                gateway=gateway_id, site=site, device=info.name, driver=info.driver
+            )
         self._targets: dict[str, Commandable] = {}
         self._subscribed: set[str] = set()
         self._queues: dict[str, _DeviceQueue] = {name: _DeviceQueue() for name in self._filters}
@@ -202,8 +218,35 @@ class CommandService:
                 return device
         return None
 
+    def _response_allowed(self, device: str | None, topic: str) -> bool:
+        if device is None:
+            return False
+        if not topic_matches(self._response_filters[device], topic):
+            return False
+        if self._own_topic(topic):
+            return False
+        return not any(topic_matches(f, topic) for f in self._filters.values())
+
     def _accept(self, message: InboundMessage) -> None:
         device = self._device_of(message.topic)
+        if message.response_topic and not self._response_allowed(device, message.response_topic):
+            self.counters.refused += 1
+            self.counters.response_topic_refused += 1
+            level = logging.DEBUG if self._refusing_responses else logging.WARNING
+            self._refusing_responses = True
+            log.log(
+                level,
+                "command on %r refused unexecuted: its response topic %r is not under %r or is one of the"
+                " gateway's own topics (%d refused so far)",
+                message.topic,
+                message.response_topic[:200],
+                self._response_filters.get(device or "", "no device"),
+                self.counters.response_topic_refused,
+            )
+            return
+        if message.response_topic and self._refusing_responses:
+            self._refusing_responses = False
+            log.info("commands with allowed response topics again")
         key: bytes | None = None
         if message.correlation_data is not None:
             key = message.topic.encode("utf-8", "surrogateescape") + b"\0" + message.correlation_data
@@ -307,13 +350,23 @@ class CommandService:
                 queue.ready.clear()
                 await queue.ready.wait()
             job = queue.jobs.popleft()
-            if self._expired(job):
-                continue
-            started = time.monotonic()
-            outcome = await self._execute(job)
-            self._finish(
-                job.device, job.request, job.message, job.key, outcome, took=time.monotonic() - started
-            )
+            try:
+                if self._expired(job):
+                    continue
+                started = time.monotonic()
+                outcome = await self._execute(job)
+                self._finish(
+                    job.device, job.request, job.message, job.key, outcome, took=time.monotonic() - started
+                )
+            except Exception:
+                # A bug met by this command: set it aside (no retry) and keep the device's worker going.
+                self.counters.set_aside += 1
+                log.exception(
+                    "%s: command %s set aside: handling it failed unexpectedly (%d set aside so far)",
+                    job.device,
+                    job.request.command.describe(),
+                    self.counters.set_aside,
+                )
 
     async def _execute(self, job: _Job) -> Outcome:
         driver = self._targets.get(job.device)
@@ -428,7 +481,8 @@ class CommandService:
         return (
             f"commands: received {c.received}, done {c.done}, refused {c.refused}, failed {c.failed}, "
             f"duplicates {c.duplicates}, expired {c.expired}, busy {c.busy}, malformed {c.malformed}, "
-            f"responses sent {c.responses_sent} / dropped {c.responses_dropped}"
+            f"responses sent {c.responses_sent} / dropped {c.responses_dropped}, "
+            f"response topic refused {c.response_topic_refused}, set aside {c.set_aside}"
         )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway.config.commands import parse_commands
 from gateway.config.model import (
     DEFAULT_STATE_DIR,
+    SHUTDOWN_GRACE_MAX,
     Config,
     DeviceRoute,
     DriverSetup,
@@ -86,7 +87,7 @@ def _gateway(table: Table | None, problems: Problems) -> GatewaySettings:
         log_format=table.string("log_format", "text", choices=("text", "json", "journal")),
         stats_interval=table.number("stats_interval", 60.0, minimum=0),
         state_dir=table.path("state_dir", must_exist=False) or DEFAULT_STATE_DIR,
-        shutdown_grace=table.number("shutdown_grace", 5.0, minimum=0, maximum=300),
+        shutdown_grace=table.number("shutdown_grace", 5.0, minimum=0, maximum=SHUTDOWN_GRACE_MAX),
     )
     table.finish()
     return result

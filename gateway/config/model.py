@@ -15,6 +15,12 @@ from gateway.mqtt_topics import TopicTemplate
 DEFAULT_STATE_DIR = Path("/var/lib/fieldgate")
 
 
+#: Upper bound of ``[gateway] shutdown_grace``: the drain must end well before systemd's
+#: ``TimeoutStopSec`` (30 s in systemd/fieldgate.service) kills the process mid-write; the rest of the
+#: stop (drivers, the store's last commit) needs the remaining seconds.
+SHUTDOWN_GRACE_MAX = 20.0
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     id: str

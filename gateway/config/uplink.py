@@ -353,6 +353,15 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
     host = table.string("host")
     tls = table.boolean("tls", True)
     port = table.integer("port", 8883 if tls else 1883, minimum=1, maximum=65535)
+    # A token in clear text on the network is a stolen identity: only on this machine, or when asked for.
+    allow_plaintext = table.boolean("allow_plaintext", False)
+    if not tls and host and not _loopback(host) and not allow_plaintext:
+        table.problem(
+            "tls",
+            f"false sends the token in clear text to {host}; use TLS, or set uplink.allow_plaintext = true"
+            " (a test broker on a trusted network)",
+            False,
+        )
     ca_file = table.path("ca_file")
     if ca_file is not None and not tls:
         table.problem("ca_file", "is only used with tls = true", str(ca_file))

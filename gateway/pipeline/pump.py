@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from gateway.model import Message, MessageSink, PublishOutcome, PublishResult
@@ -24,6 +24,10 @@ class PumpCounters:
     delivered: int = 0
     refused: int = 0
     lost: int = 0
+    #: Messages the sink failed on unexpectedly twice (a bug met by that message): dropped, not retried.
+    set_aside: int = 0
+    #: Message ids whose send raised once (the pump task restarts; a second failure sets it aside).
+    suspects: set[int] = field(default_factory=set)
 
 
 async def pump_forever(store: Store, sink: MessageSink, counters: PumpCounters) -> None:
@@ -67,11 +71,28 @@ async def pump_forever(store: Store, sink: MessageSink, counters: PumpCounters) 
             sending_since = loop.time()
             try:
                 future = await sink.send(message)
-            except BaseException:
+            except asyncio.CancelledError:
                 store.release(message_id)
                 raise
+            except Exception:
+                if message_id not in counters.suspects:
+                    # Perhaps not the message's fault: resend it once, after the supervisor's restart.
+                    counters.suspects.add(message_id)
+                    store.release(message_id)
+                    raise
+                counters.suspects.discard(message_id)
+                counters.set_aside += 1
+                store.ack(message_id)
+                log.exception(
+                    "message seq %d to %r failed to send twice: set aside (dropped, counted %d)",
+                    message.seq,
+                    message.topic,
+                    counters.set_aside,
+                )
+                continue
             finally:
                 sending_since = None
+            counters.suspects.discard(message_id)
             future.add_done_callback(lambda f, i=message_id: settle(i, f))  # type: ignore[misc]
     finally:
         watcher.cancel()

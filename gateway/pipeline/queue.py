@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.model import Quality, Reading
+from gateway.model import Quality, Reading, clean_reading
 from gateway.pipeline.router import Router
 from gateway.store import Store
 
@@ -31,6 +31,8 @@ class DeviceCounters:
     #: The reason of the latest bad reading ("point: reason") and its time, kept after recovery.
     last_error: str | None = None
     last_error_at: float | None = None
+    #: Readings made safe at the boundary: text that was not valid Unicode, a value that was not finite.
+    repaired: int = 0
 
 
 @dataclass
@@ -51,9 +53,27 @@ class ReadingQueue:
         """The drivers' ``emit``: never blocks."""
         if not readings:
             return
-        counters = self.devices.get(readings[0].device)
+        # The boundary to the drivers: whatever a device sent is made safe to encode here, once.
+        cleaned = [clean_reading(r) for r in readings]
+        counters = self.devices.get(cleaned[0].device)
         if counters is None:
-            counters = self.devices[readings[0].device] = DeviceCounters()
+            counters = self.devices[cleaned[0].device] = DeviceCounters()
+        repaired = [(old, new) for old, new in zip(readings, cleaned, strict=True) if old is not new]
+        if repaired:
+            if not counters.repaired:
+                old, new = repaired[0]
+                log.warning(
+                    "%s: point %s sent %s; published as %r (%s), counted as repaired (logged once a device)",
+                    new.device,
+                    new.point,
+                    "a value that is not a finite number"
+                    if new.value is None and old.value is not None
+                    else "text that is not valid Unicode",
+                    new.value,
+                    new.quality.value,
+                )
+            counters.repaired += len(repaired)
+        readings = cleaned
         counters.cycles += 1
         counters.readings += len(readings)
         failing = 0
@@ -90,21 +110,63 @@ class ReadingQueue:
         return self._cycles.popleft() if self._cycles else None
 
 
-async def route_forever(queue: ReadingQueue, router: Router, store: Store) -> None:
+@dataclass
+class SetAside:
+    """Poll cycles the router could not turn into messages (a bug met by a device's data): each is
+    logged with its traceback the first time per device, then at debug level until that device's
+    cycles route again, and counted; never retried."""
+
+    cycles: int = 0
+    readings: int = 0
+    _failing: set[str] = field(default_factory=set)
+
+    def hit(self, readings: Sequence[Reading]) -> None:
+        device = readings[0].device if readings else "?"
+        self.cycles += 1
+        self.readings += len(readings)
+        if device in self._failing:
+            log.debug("%s: poll cycle set aside again (%d so far)", device, self.cycles, exc_info=True)
+            return
+        self._failing.add(device)
+        log.exception(
+            "%s: a poll cycle of %d readings could not be routed; set aside (counted), the gateway goes on",
+            device,
+            len(readings),
+        )
+
+    def ok(self, readings: Sequence[Reading]) -> None:
+        if self._failing and readings and readings[0].device in self._failing:
+            self._failing.discard(readings[0].device)
+            log.info(
+                "%s: poll cycles are routed again (%d set aside so far)", readings[0].device, self.cycles
+            )
+
+
+def route_cycle(readings: Sequence[Reading], router: Router, store: Store, set_aside: SetAside) -> None:
+    """One poll cycle into the store; a cycle the router fails on is set aside, not retried."""
+    try:
+        messages = router.route(readings)
+    except Exception:
+        set_aside.hit(readings)
+        return
+    set_aside.ok(readings)
+    for message in messages:
+        store.append(message)
+
+
+async def route_forever(queue: ReadingQueue, router: Router, store: Store, set_aside: SetAside) -> None:
     """The router task: poll cycles in, messages into the store."""
     while True:
         readings = await queue.get()
-        for message in router.route(readings):
-            store.append(message)
+        route_cycle(readings, router, store, set_aside)
         # Let drivers and the pump run between cycles even when the queue is long.
         await asyncio.sleep(0)
 
 
-def route_pending(queue: ReadingQueue, router: Router, store: Store) -> int:
+def route_pending(queue: ReadingQueue, router: Router, store: Store, set_aside: SetAside) -> int:
     """Route whatever is queued now (shutdown flush). Returns the number of poll cycles routed."""
     count = 0
     while (readings := queue.get_nowait()) is not None:
-        for message in router.route(readings):
-            store.append(message)
+        route_cycle(readings, router, store, set_aside)
         count += 1
     return count

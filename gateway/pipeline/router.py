@@ -11,32 +11,29 @@ Unbatched, one reading::
     {"seq": 8, "gateway": "gw-1", "device": "boiler", "ts": 1764400000.5,
      "point": "temperature", "value": 71.2, "unit": "°C", "quality": "good"}
 
-A reading that is not good carries ``"reason"``; a point sampled at another moment than the message's
-``ts`` carries its own ``"ts"``.
+A reading that is not good carries ``"reason"``; a value that is not a finite number (a meter's NaN for
+"not available") goes out as ``null`` with quality ``bad`` and reason ``not a finite number (nan)``
+(``gateway.model.clean_reading``, the rule command responses follow too); a point sampled at another
+moment than the message's ``ts`` carries its own ``"ts"``.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.config.model import DeviceRoute
-from gateway.model import Message, Quality, Reading
+from gateway.model import Message, Quality, Reading, clean_reading
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
-def _json_value(value: object) -> object:
-    # JSON has no NaN/Infinity; a float that is not finite is sent as a string so nothing is lost.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
 def _point_body(reading: Reading, ts: float) -> dict[str, object]:
-    body: dict[str, object] = {"value": _json_value(reading.value)}
+    # Normally done at the reading queue already; here too so that no caller can publish NaN as good.
+    reading = clean_reading(reading)
+    body: dict[str, object] = {"value": reading.value}
     if reading.unit is not None:
         body["unit"] = reading.unit
     body["quality"] = reading.quality.value
@@ -87,6 +84,26 @@ class Router:
             )
             self._topics[key] = topic
         return topic
+
+    def produces(self, topic: str) -> bool:
+        """True when ``topic`` is one the router publishes (or would, for a point not seen yet)."""
+        for route in self._routes.values():
+            marker = "\x00"
+            pattern = re.escape(self.topic(route) if route.batch else self._render(route, marker))
+            if re.fullmatch(pattern.replace(re.escape(marker), "[^/]+"), topic):
+                return True
+        return False
+
+    def _render(self, route: DeviceRoute, point: str) -> str:
+        return route.topic.render(
+            {
+                "gateway": self.gateway_id,
+                "site": self.site,
+                "device": route.device.name,
+                "driver": route.device.driver,
+                "point": point,
+            }
+        )
 
     def route(self, readings: Sequence[Reading]) -> list[Message]:
         """One poll cycle of one device in, its messages out."""

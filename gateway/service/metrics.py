@@ -81,13 +81,19 @@ class SnapshotCollector:
             "Sampling time of the latest reading, per device",
             labels=["device"],
         )
+        repaired = CounterMetricFamily(
+            "fieldgate_readings_repaired",
+            "Readings made safe at the driver boundary (invalid Unicode, non-finite values), per device",
+            labels=["device"],
+        )
         for name, device in devices:
+            repaired.add_metric([name], device.repaired)
             readings.add_metric([name], device.readings)
             bad.add_metric([name], device.bad)
             failing.add_metric([name], device.failing)
             if device.last_reading is not None:
                 last.add_metric([name], device.last_reading)
-        yield from (readings, bad, failing, last)
+        yield from (readings, bad, failing, last, repaired)
 
         p = snap.pipeline
         yield counter("fieldgate_messages_routed", "Messages the router made", p.messages)
@@ -137,6 +143,23 @@ class SnapshotCollector:
             for outcome, value in sorted(snap.commands.items()):
                 commands.add_metric([outcome], value)
             yield commands
+
+        restarts = CounterMetricFamily(
+            "fieldgate_task_restarts",
+            "Restarts of a supervised task after it crashed or ended (router, store, store.pump, ...)",
+            labels=["task"],
+        )
+        for task, value in sorted(snap.task_restarts.items()):
+            restarts.add_metric([task], value)
+        yield restarts
+        set_aside = CounterMetricFamily(
+            "fieldgate_set_aside",
+            "Items set aside, not retried, because handling them failed (readings, messages, commands)",
+            labels=["kind"],
+        )
+        for kind, value in sorted(snap.set_aside.items()):
+            set_aside.add_metric([kind], value)
+        yield set_aside
 
         u = snap.uplink
         yield gauge("fieldgate_uplink_connected", "1 while the MQTT session is up", bool(u.connected))

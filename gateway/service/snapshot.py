@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from gateway.model import json_value
+
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
@@ -78,6 +80,8 @@ class DeviceStatus:
     last_reading: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
+    #: Readings made safe at the driver boundary (invalid Unicode, non-finite values).
+    repaired: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +101,16 @@ class Snapshot:
     stuck: tuple[str, ...] = ()
     #: Cloud-to-device command counters (``CommandCounters``), empty without ``[commands]``.
     commands: dict[str, int] = field(default_factory=dict)
+    #: Restarts of supervised tasks by name (router, store, store.pump, commands, drivers).
+    task_restarts: dict[str, int] = field(default_factory=dict)
+    #: Items set aside (not retried) by kind: readings (router), messages (pump), commands.
+    set_aside: dict[str, int] = field(default_factory=dict)
     interval: float = STATUS_INTERVAL
     version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, indent=1, sort_keys=True)
+        # Device text (errors) may hold anything; a NaN figure must not make the file unreadable JSON.
+        return json.dumps(_json_safe(asdict(self)), ensure_ascii=False, indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Snapshot:
@@ -144,6 +153,14 @@ class Snapshot:
         if self.process_gone():
             return f"not running (process {self.pid} is gone)"
         return None
+
+
+def _json_safe(node: object) -> object:
+    if isinstance(node, dict):
+        return {str(k): _json_safe(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_json_safe(v) for v in node]
+    return json_value(node)
 
 
 def _stat(stats: object, name: str) -> float | None:
@@ -203,6 +220,7 @@ def take_snapshot(
             last_reading=c.last_reading if c else None,
             last_error=c.last_error if c else None,
             last_error_at=c.last_error_at if c else None,
+            repaired=c.repaired if c else 0,
         )
     pump = gateway.pump_counters
     return Snapshot(
@@ -236,6 +254,12 @@ def take_snapshot(
         devices=devices,
         stuck=stuck,
         commands=asdict(gateway.commands.counters) if gateway.commands is not None else {},
+        task_restarts=dict(sorted(gateway.restarts.counts.items())),
+        set_aside={
+            "readings": gateway.set_aside.readings,
+            "messages": gateway.pump_counters.set_aside,
+            "commands": gateway.commands.counters.set_aside if gateway.commands is not None else 0,
+        },
     )
 
 
@@ -328,12 +352,21 @@ def format_status(snap: Snapshot, now: float, out: TextIO) -> None:
             + ", ".join(f"{k} {c[k]}" for k in ("duplicates", "expired", "busy", "malformed") if k in c)
             + "\n"
         )
+    restarts = ", ".join(f"{name} {count}" for name, count in snap.task_restarts.items())
+    out.write(f"task restarts: {restarts or 'none'}\n")
+    aside = snap.set_aside
+    out.write(
+        "set aside (not retried): "
+        + ", ".join(f"{aside.get(kind, 0)} {kind}" for kind in ("readings", "messages", "commands"))
+        + "\n"
+    )
     out.write(f"devices ({len(snap.devices)}):\n")
     for name, d in snap.devices.items():
         last = (
             f"last reading {_ago(snap.written_at - d.last_reading)} ago" if d.last_reading else "no reading"
         )
         health = f"{d.failing} points failing" if d.failing else "ok"
-        out.write(f"  {name} ({d.driver}): {health}, {last}, {d.readings} readings, {d.bad} bad\n")
+        repaired = f", {d.repaired} repaired" if d.repaired else ""
+        out.write(f"  {name} ({d.driver}): {health}, {last}, {d.readings} readings, {d.bad} bad{repaired}\n")
         if d.last_error is not None and d.last_error_at is not None:
             out.write(f"    last error {_ago(snap.written_at - d.last_error_at)} ago: {d.last_error}\n")

@@ -650,9 +650,68 @@ class SqliteStore:
         self._job_future = future
         self._job = (job, release_upto, estimate)
         # Shielded: if the store task is cancelled mid-commit, close() still applies the result.
-        result = await asyncio.shield(future)
+        try:
+            result = await asyncio.shield(future)
+        except sqlite3.Error as exc:
+            # The worker maps a failed write (disk full, I/O) to write_error itself; what escapes it is a
+            # damaged file (DatabaseError, DataError) met at run time: go on in memory, as at open.
+            self._job_future = None
+            await self._degrade_at_run(job, exc)
+            return
         self._job_future = None
         self._finish_job(job, release_upto, estimate, result)
+
+    async def _degrade_at_run(self, job: _Job, exc: sqlite3.Error) -> None:
+        """The file turned unusable while running: keep what is in memory, count what only the file held
+        as dropped, move the file aside (kept for inspection) and run in memory only until restart."""
+        for entry in job.inserts:
+            if not entry.cached:
+                entry.cached = True
+                self._gap_count = max(0, self._gap_count - 1)
+                self._head.append(entry)
+        lost = self._gap_count
+        if lost:
+            self._depth -= lost
+            self._count_drop(lost, self._disk_bytes // max(1, self._disk_rows) * lost)
+        self._gap.clear()
+        self._gap_count = 0
+        self._gap_oldest_ts = None
+        self._to_insert, self._to_delete = [], []
+        self._gap_drops = self._gap_drop_estimate = 0
+        self._expire_before = None
+        self._pending_since = None
+        self._loading = False
+        self._seq_wanted = None
+        self._disk_rows = self._disk_bytes = self._file_bytes = 0
+        for entry in self._every_cached():
+            entry.durable = False
+        while self._awaiting:
+            self._to_tail(self._awaiting.popleft())
+        if self._head:
+            self._ready.set()
+        if not self._depth:
+            self._idle.set()
+        for _, waiter in self._sync_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._sync_waiters = []
+        self._open_failed = True
+        disk, self._disk = self._disk, None
+        kept: Path | str = "not moved"
+        if disk is not None:
+            try:
+                await self._in_worker(disk.close)
+                kept = await self._in_worker(lambda: move_aside(self.path, self._clock()))
+            except (OSError, sqlite3.Error) as again:
+                kept = f"not moved: {again}"
+        log.error(
+            "STORE DAMAGED while running: %s (%s); moved aside to %s; %d messages only it held are lost;"
+            " running with messages in MEMORY ONLY until fieldgate restarts with a fresh store",
+            self.path,
+            exc,
+            kept,
+            lost,
+        )
 
     async def _job_future_with_job(self) -> tuple[_Job, int, int, _JobResult]:
         assert self._job_future is not None

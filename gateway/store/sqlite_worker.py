@@ -258,6 +258,19 @@ class DiskQueue:
         return result
 
     def _write(self, db: sqlite3.Connection, job: _Job, result: _JobResult, cursor: _GapCursor) -> None:
+        # synchronous = NORMAL in WAL mode may lose the last commits on power loss; a sequence-number
+        # reservation must not be lost (a reused seq would make consumers drop real readings as
+        # duplicates), so a job carrying one is committed with an fsync of the WAL before it counts.
+        reserving = job.seq_reserve is not None
+        if reserving:
+            db.execute("PRAGMA synchronous = FULL")
+        try:
+            self._write_job(db, job, result, cursor)
+        finally:
+            if reserving:
+                db.execute("PRAGMA synchronous = NORMAL")
+
+    def _write_job(self, db: sqlite3.Connection, job: _Job, result: _JobResult, cursor: _GapCursor) -> None:
         db.execute("BEGIN")
         for start in range(0, len(job.inserts), _INSERT_ROWS):
             chunk = job.inserts[start : start + _INSERT_ROWS]

@@ -389,3 +389,40 @@ def test_a_missing_azure_secret_is_named_by_its_reference_only() -> None:
     with pytest.raises(TokenError) as failure:
         build_credential(cfg)
     assert str(failure.value) == "azure client-secret: environment variable FG_NOT_SET_ANYWHERE is not set"
+
+
+@pytest.mark.parametrize("status", [302, 307, 308])
+async def test_a_token_endpoint_that_redirects_is_refused_and_the_secret_never_follows(
+    endpoint: TokenEndpoint, monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    import http.server
+    import threading
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(status)
+            self.send_header("Location", endpoint.url)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("FG_CLIENT_SECRET", SECRET)
+        url = f"http://127.0.0.1:{server.server_port}/token"
+        source = OAuth2TokenSource(
+            OAuth2TokenConfig(
+                token_endpoint=url, client_id="gw-oauth", client_secret=Secret("env:FG_CLIENT_SECRET")
+            )
+        )
+        with pytest.raises(TokenError) as failure:
+            await source.get_token()
+        assert f"answered HTTP {status}" in str(failure.value) and "not followed" in str(failure.value)
+        assert SECRET not in str(failure.value)
+    finally:
+        server.shutdown()
+        server.server_close()

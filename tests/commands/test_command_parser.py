@@ -142,11 +142,44 @@ class _Errors(logging.Handler):
 
 def service(**overrides: Any) -> tuple[CommandService, Recorder]:
     recorder = Recorder()
+    overrides.setdefault("response_topic", "r/#")
     cfg = CommandsConfig(topic="c/{device}/#", **overrides)
     svc = CommandService(
-        cfg, gateway_id="g", site="s", devices=[DeviceInfo("plc", "modbus")], transport=recorder
+        cfg,
+        gateway_id="g",
+        site="s",
+        devices=[DeviceInfo("plc", "modbus")],
+        transport=recorder,
+        own_topic=lambda topic: topic == "r/telemetry",
     )
     return svc, recorder
+
+
+@pytest.mark.parametrize(
+    "response_topic",
+    [
+        "sites/s/g/plc",  # outside the response space (e.g. the gateway's telemetry)
+        "r/telemetry",  # inside it, but one of the gateway's own topics
+        "c/plc/x",  # a command topic: the gateway would command itself
+    ],
+)
+def test_a_request_whose_response_topic_is_not_in_the_reply_space_is_refused_unexecuted(
+    response_topic: str,
+) -> None:
+    svc, _ = service()
+    for correlation in (b"1", b"2"):
+        svc.on_message(
+            InboundMessage(
+                "c/plc",
+                b'{"read": {}}',
+                qos=1,
+                response_topic=response_topic,
+                correlation_data=correlation,
+                received_at=time.monotonic(),
+            )
+        )
+    assert svc.counters.response_topic_refused == 2
+    assert list(svc._responses) == [] and not svc._queues["plc"].jobs
 
 
 @settings(max_examples=300, deadline=None)

@@ -70,7 +70,7 @@ interval = 60
     (driver,) = build_drivers(config)
     replies = Replies()
     service = CommandService(
-        CommandsConfig(topic="cmd/{device}", timeout=timeout, queue=2),
+        CommandsConfig(topic="cmd/{device}", timeout=timeout, queue=2, response_topic="replies"),
         gateway_id="g",
         site="s",
         devices=[DeviceInfo("plc", "modbus")],

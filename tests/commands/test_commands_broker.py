@@ -110,6 +110,7 @@ path = "{token_file}"
 
 [commands]
 topic = "sites/{{site}}/{{gateway}}/{{device}}/commands"
+response_topic = "replies/#"
 timeout = 2.0
 queue = 4
 

@@ -75,3 +75,15 @@ colour = "red"
     assert "commands.queue = 0: must be at least 1" in problems
     assert "commands.max_payload = 10: must be at least 64" in problems
     assert "commands.colour" in problems
+
+
+def test_responses_go_to_their_own_topics_which_must_not_overlap_the_commands(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '[commands]\nresponse_topic = "replies/#"\n')
+    assert cfg is not None and cfg.response_topic == "replies/#"
+    assert CommandsConfig().response_filter(gateway="gw-1", site="plant", device="boiler", driver="x") == (
+        "sites/plant/gw-1/boiler/responses/#"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, '[commands]\nresponse_topic = "sites/{site}/{gateway}/{device}/commands/answers"\n')
+    (problem,) = caught.value.problems
+    assert "commands.response_topic" in problem and "overlaps the command topic" in problem

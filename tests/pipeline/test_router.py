@@ -30,10 +30,28 @@ def test_a_failed_point_is_sent_as_bad_quality_with_its_reason_and_no_made_up_va
     }
 
 
-def test_non_finite_floats_survive_as_strings() -> None:
-    (message,) = router().route([Reading("meter-1", "power", float("nan"), "kW", 1.0)])
+def test_a_meter_sending_nan_or_infinity_gets_null_with_bad_quality_never_a_good_value() -> None:
+    (message,) = router().route(
+        [
+            Reading("meter-1", "power", float("nan"), "kW", 1.0),
+            Reading("meter-1", "energy", float("-inf"), "kWh", 1.0),
+        ]
+    )
 
-    assert json.loads(message.payload)["points"]["power"]["value"] == "nan"
+    points = json.loads(message.payload)["points"]
+    assert points["power"] == {
+        "value": None,
+        "unit": "kW",
+        "quality": "bad",
+        "reason": "not a finite number (nan)",
+    }
+    assert points["energy"]["value"] is None and points["energy"]["quality"] == "bad"
+
+
+def test_a_lone_surrogate_from_a_device_becomes_a_replacement_character() -> None:
+    (message,) = router().route([Reading("meter-1", "id", "ab\ud800", None, 1.0)])
+
+    assert json.loads(message.payload.decode("utf-8"))["points"]["id"]["value"] == "ab\ufffd"
 
 
 def test_points_sampled_at_other_moments_carry_their_own_timestamp() -> None:

@@ -190,3 +190,60 @@ def test_arbitrary_payloads_never_raise_in_any_parser_or_point(payload: bytes) -
         else:
             assert len(result) == len(POINTS)
             assert all((r.value is None) == (r.quality is Quality.BAD) for r in result)
+
+
+@pytest.mark.parametrize("kind", ["float", "int", "bool", "string"])
+def test_a_311_digit_integer_from_a_json_sensor_is_a_bad_reading_not_an_exception(kind: str) -> None:
+    huge = 10**310
+    plan = build_plan(
+        "probe",
+        JsonParser(),
+        (PointSpec("v", "v", kind), PointSpec("ok", "ok")),
+        Counters(),
+        missing_is_bad=True,  # type: ignore[arg-type]
+    )
+    readings = plan.readings(b'{"v": ' + str(huge).encode() + b', "ok": 1.5}', 1.0)
+    assert not isinstance(readings, Rejected)
+    by_point = {r.point: r for r in readings}
+    assert by_point["ok"].value == 1.5 and by_point["ok"].quality is Quality.GOOD
+    if kind == "float":
+        assert by_point["v"].quality is Quality.BAD and "integer of 1030 bits" in (by_point["v"].reason or "")
+    else:  # an int, bool or string point can hold it
+        assert by_point["v"].value == {"int": huge, "bool": True, "string": str(huge)}[kind]
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        b"GPGGA,092750.000,5321.6802,N,00630.3372,W,0,0,,61.7,M,55.2,M,,",
+        b"GPRMC,092750.000,V,5321.6802,N,00630.3372,W,0.02,31.66,280511,,,A",
+        b"GPGLL,5321.6802,N,00630.3372,W,092750.000,V,A",
+    ],
+)
+def test_a_receiver_without_fix_gets_its_stale_position_published_as_bad_no_fix(sentence: bytes) -> None:
+    points = (
+        PointSpec("lat", "latitude"),
+        PointSpec("lon", "longitude"),
+        PointSpec("time", "time", "string"),
+    )
+    plan = build_plan("gps", NmeaParser(), points, Counters(), missing_is_bad=False)
+    readings = plan.readings(nmea_sentence(sentence), 1.0)
+    assert not isinstance(readings, Rejected)
+    by_point = {r.point: r for r in readings}
+    for name in ("lat", "lon"):
+        assert (by_point[name].value, by_point[name].quality, by_point[name].reason) == (
+            None,
+            Quality.BAD,
+            "no fix",
+        )
+    assert by_point["time"].quality is Quality.GOOD  # the receiver's clock is still valid without a fix
+
+
+def test_a_receiver_with_a_fix_publishes_its_position_as_good() -> None:
+    points = (PointSpec("lat", "latitude"),)
+    plan = build_plan("gps", NmeaParser(), points, Counters(), missing_is_bad=False)
+    readings = plan.readings(
+        nmea_sentence(b"GPGGA,092750.000,5321.6802,N,00630.3372,W,1,8,1.03,61.7,M,55.2,M,,"), 1.0
+    )
+    assert not isinstance(readings, Rejected)
+    assert readings[0].quality is Quality.GOOD and readings[0].value == pytest.approx(53.36134)

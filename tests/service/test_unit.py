@@ -203,3 +203,28 @@ def test_the_gateway_runs_under_the_units_system_call_filter(tmp_path: Path) -> 
     assert "crypto, sqlite and serial ok" in result.stdout
     assert "/alpha/telemetry " in result.stdout
     assert "metrics on http://127.0.0.1:" in result.stderr and "fieldgate.app: stopped" in result.stderr
+
+
+def test_the_longest_shutdown_grace_ends_well_before_systemd_kills_the_stopping_service() -> None:
+    from gateway.config.model import SHUTDOWN_GRACE_MAX
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(UNIT.read_text())
+    timeout_stop = float(unit["Service"]["TimeoutStopSec"])
+    # The drain, then stopping the drivers and the store's last commit: at least 5 s for the latter.
+    assert timeout_stop >= SHUTDOWN_GRACE_MAX + 5
+
+
+def test_a_shutdown_grace_beyond_the_units_stop_timeout_is_a_config_error(tmp_path: Path) -> None:
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    config = tmp_path / "fieldgate.toml"
+    config.write_text('[gateway]\nid = "gw"\nsite = "s"\nshutdown_grace = 60\n')
+    try:
+        load_config(config)
+    except ConfigError as exc:
+        assert any("gateway.shutdown_grace = 60" in p and "20" in p for p in exc.problems), exc.problems
+    else:
+        raise AssertionError("shutdown_grace = 60 was accepted")

@@ -191,3 +191,15 @@ def test_the_token_section_is_required_and_its_source_known(tmp_path: Path) -> N
         'gw.toml: uplink.token.source = "vault": expected one of "signer", "file", "azure", "oauth2"'
         in problems
     )
+
+
+def test_plain_mqtt_to_another_machine_is_refused_unless_explicitly_allowed(tmp_path: Path) -> None:
+    plain = MINIMAL.replace('net"\n', 'net"\ntls = false\n', 1)
+    _, problems = parse(plain, tmp_path)
+    assert len(problems) == 1
+    assert "uplink.tls = false" in problems[0] and "uplink.allow_plaintext = true" in problems[0]
+
+    _, problems = parse(plain.replace("tls = false", "tls = false\nallow_plaintext = true"), tmp_path)
+    assert problems == []
+    local = plain.replace("ns.westeurope-1.ts.eventgrid.azure.net", "127.0.0.1")
+    assert parse(local, tmp_path)[1] == []
