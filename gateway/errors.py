@@ -106,7 +106,7 @@ class CommandRefused(FieldgateError):
 
 
 class UnknownTarget(CommandRefused, KeyError):
-    """Unknown device, point or command. Also a KeyError, for callers that predate commands."""
+    """Unknown device, point or command. Also a KeyError: looking a name up failed."""
 
 
 class ValueRefused(CommandRefused, ValueError):

@@ -1,6 +1,6 @@
 """The Modbus configuration: TOML tables to frozen, typed settings, with every problem reported at once.
 
-Layout (see README.md, "Modbus devices", for the annotated reference)::
+Layout (see drivers/modbus/README.md for the annotated reference)::
 
     [drivers.modbus]                       # optional, driver-wide defaults
     max_connections_per_host = 1

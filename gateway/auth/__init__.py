@@ -1,4 +1,5 @@
-"""Token sources behind one async ``get_token()``: ``signer`` and ``file`` (Entra ID / OAuth2 later).
+"""Token sources behind one async ``get_token()``: ``signer``, ``file``, ``oauth2`` and ``azure``
+(Entra ID). Reference: ``README.md`` here.
 
 Errors from PyJWT, cryptography and the OS are mapped to :class:`gateway.errors.TokenError` at this
 boundary; no message ever contains token text or key material.

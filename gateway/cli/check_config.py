@@ -58,7 +58,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def check_permissions(config: Config, out: TextIO, *, offline: bool) -> int:
-    """check-config's permission part: 0, or 3 when the token does not grant a device topic."""
+    """check-config's permission part: 0, or 5 (not granted) when the token does not grant a topic."""
     from gateway.auth import make_token_source
     from gateway.config.uplink import UplinkConfig
     from gateway.errors import TokenError

@@ -197,7 +197,7 @@ def _reading_json(r: Reading) -> dict[str, object]:
 
 
 def response_payload(device: str | None, request: Request | None, outcome: Outcome) -> bytes:
-    """The JSON a requester gets back (see README.md, "Commands from the cloud")."""
+    """The JSON a requester gets back (see gateway/commands/README.md, "Responses")."""
     body: dict[str, object] = {"status": outcome.status}
     if device is not None:
         body["device"] = device

@@ -394,7 +394,7 @@ class CommandService:
             return Outcome("failed", "timeout", detail)
         except DriverError as exc:
             return Outcome("failed", "device-error", exc.detail)
-        except KeyError as exc:  # a driver that predates CommandRefused
+        except KeyError as exc:  # a driver that raises the builtin, not CommandRefused
             return Outcome("refused", "unknown-point", str(exc.args[0]) if exc.args else "unknown")
         except ValueError as exc:
             return Outcome("refused", "invalid-value", str(exc))

@@ -46,7 +46,7 @@ class TelemetrySettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """The queue between router and uplink (``[store]``); see README.md, "Store and forward"."""
+    """The queue between router and uplink (``[store]``); reference: gateway/store/README.md."""
 
     #: "sqlite": durable queue in ``[gateway] state_dir``; "memory": lost on restart (dry runs, tests).
     kind: str = "sqlite"

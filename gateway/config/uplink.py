@@ -1,11 +1,10 @@
 """The ``[uplink]`` section: the MQTT v5 session and its token source, parsed into frozen dataclasses.
 
-Self-contained on purpose (the rest of ``gateway/config`` is written in parallel): it needs only
-:class:`gateway.schema.Table`. Every problem is recorded on the table; nothing here raises.
+It needs only :class:`gateway.schema.Table` (no MQTT library: validating a config must not load one).
+Every problem is recorded on the table; nothing here raises.
 
-Token sources are a tagged union (:data:`TokenConfig`): ``signer`` and ``file`` today; an ``oauth2`` or
-``azure`` variant is one more frozen dataclass with its own ``source`` tag, ``default_auth_method`` and a
-branch in :func:`_parse_token`.
+Token sources are a tagged union (:data:`TokenConfig`): ``signer``, ``file``, ``oauth2`` and ``azure``, each
+a frozen dataclass with its own ``source`` tag and ``default_auth_method``, read by :func:`_parse_token`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from gateway.config.permissions import PermissionsConfig, parse_permissions
 from gateway.schema import Secret, Table
 
 AUTH_METHODS = ("CUSTOM-JWT", "OAUTH2-JWT")
-#: Event Grid's limits (see README.md, "The uplink").
+#: Event Grid's limits (see gateway/uplink/README.md).
 MAX_KEEPALIVE = 1160
 MAX_PACKET_BYTES = 524288
 MAX_SESSION_EXPIRY = 8 * 3600

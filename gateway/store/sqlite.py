@@ -91,7 +91,7 @@ class _Episode:
 
 # -- the event loop's side ------------------------------------------------------------------------------
 class SqliteStore:
-    """A bounded, durable queue with the interface of ``MemoryStore`` (see gateway/store.py)."""
+    """A bounded, durable queue with the interface of ``MemoryStore`` (see gateway/store/memory.py)."""
 
     def __init__(
         self, settings: StoreSettings, state_dir: Path, *, clock: Callable[[], float] = time.time

@@ -1,7 +1,7 @@
 """The local broker enforces Event Grid's custom-JWT rules, so that what works against it works
 in the cloud: tests speak raw MQTT v5 to a real mosquitto 2.0.11 running our plugin.
 
-Observed mosquitto 2.0.11 behaviours the assertions pin down (see README.md, 'The local broker'):
+Observed mosquitto 2.0.11 behaviours the assertions pin down (see deploy/broker/README.md):
 - a refused CONNECT gets CONNACK 0x87, a wrong authentication method 0x8C;
 - a refused re-authentication gets CONNACK 0x87 on the live connection, then the socket
   closes (upstream bug, 2.0.13 sends DISCONNECT 0x87 instead);

@@ -42,7 +42,7 @@ def test_example_configs_have_no_problems(path: Path) -> None:
 
 
 def test_the_sensor_catalogue_shows_every_framing_and_parser() -> None:
-    config, _ = load(ROOT / "deploy" / "examples" / "serial-sensors.toml")
+    config, _ = load(ROOT / "drivers" / "serial" / "example-sensors.toml")
     framings = {type(s.framing).__name__ for s in config.specs}
     parsers = {
         type(p).__name__ for s in config.specs for p in [s.parser, *(c.parser for c in s.commands)] if p
@@ -73,7 +73,7 @@ async def test_demo_config_reads_every_simulated_sensor(
         assert sim.stdout is not None
         banner = (await asyncio.wait_for(sim.stdout.readline(), 10)).decode()
         assert banner.startswith("serial_devices: gps at deploy/.demo/gps")
-        config, problems = load(ROOT / "deploy/examples/demo-serial.toml")
+        config, problems = load(ROOT / "drivers/serial/example-demo.toml")
         assert problems == []
         sink = Collector()
         drivers = plugin.build(config)
@@ -99,14 +99,13 @@ async def test_demo_config_reads_every_simulated_sensor(
 
 
 def test_the_toml_examples_in_the_readme_are_valid() -> None:
-    text = (ROOT / "README.md").read_text()
-    serial = text.split("### Serial sensors", 1)[1]
-    examples = serial.split("#### Examples", 1)[1].split("#### Commissioning", 1)[0]
+    text = (ROOT / "drivers/serial/README.md").read_text()
+    examples = text.split("\n## Examples\n", 1)[1].split("\n## Commissioning", 1)[0]
     blocks = [b.split("```", 1)[0] for b in examples.split("```toml\n")[1:]]
     assert len(blocks) == 5
     for i, block in enumerate(blocks):
         data = tomllib.loads(block)
-        problems = Problems(f"README.md, serial example {i + 1}")
+        problems = Problems(f"drivers/serial/README.md, serial example {i + 1}")
         devices = []
         for name, table in data["devices"].items():
             t = Table(table, f"devices.{name}", problems)

@@ -272,7 +272,7 @@ async def test_five_second_tokens_for_sixty_seconds_one_connection_and_no_publis
     ]
     longest, at = max(around)
     overall = max(b - a for a, b in itertools.pairwise(acked))
-    print(  # shown with pytest -s: the figures quoted in README.md
+    print(  # shown with pytest -s: the figures quoted in gateway/uplink/README.md
         f"{stats.refreshes_ok} refreshes, {len(results)} messages, longest PUBACK gap around a refresh "
         f"{longest * 1000:.1f} ms, overall {overall * 1000:.1f} ms (interval {interval * 1000:.0f} ms)"
     )
