@@ -279,7 +279,11 @@ publish_properties = st.lists(
         st.tuples(st.just(raw.PROP_PAYLOAD_FORMAT), st.integers(0, 1)),
         st.tuples(st.just(0x02), st.integers(0, 2**32 - 1)),  # message expiry
         st.tuples(st.just(0x03), mqtt_text),  # content type
-        st.tuples(st.just(0x08), st.sampled_from(["replies/operator", f"{TELEMETRY}/good", "#"]) | mqtt_text),
+        st.tuples(
+            st.just(0x08),
+            st.sampled_from([f"{COMMANDS}/meter/responses/op", f"{TELEMETRY}/good", "replies/op", "#"])
+            | mqtt_text,
+        ),
         st.tuples(st.just(0x09), st.binary(max_size=64)),  # correlation data
         st.tuples(st.just(raw.PROP_USER_PROPERTY), st.tuples(mqtt_text, mqtt_text)),
     ),
@@ -417,7 +421,7 @@ audience = "{broker.audience}"
 lifetime = 600
 
 [uplink.token.claims]
-publish_topics = ["{TELEMETRY}/#", "replies/#"]
+publish_topics = ["{TELEMETRY}/#", "{COMMANDS}/+/responses/#"]
 subscribe_topics = ["{COMMANDS}/#"]
 
 [drivers.serial]
@@ -685,9 +689,5 @@ async def test_fuzzed_on_every_edge_the_gateway_stays_up_and_every_good_reading_
     assert not any("Traceback" in line for line in process.stderr), "\n".join(
         line for line in process.stderr if "Traceback" in line or "Error" in line
     )[-3000:]
-    if witness.intruders:
-        # Issue 13 point 4 (branch `super`): a command's Response Topic may name the gateway's own
-        # telemetry topic. Turn this into a plain assert once that fix is merged.
-        pytest.xfail(
-            f"{len(witness.intruders)} foreign messages on the telemetry topic: {witness.intruders[:3]}"
-        )
+    # A command's Response Topic never turns the gateway against its own telemetry.
+    assert witness.intruders == []
