@@ -27,7 +27,7 @@ async def test_undecodable_answers_are_bad_frames_logged_once_and_the_device_rec
     peer.feed([Answer("fc", 0x63)] * 3)
     config, _ = parse(
         f'[devices.odd]\ndriver = "modbus"\nhost = "127.0.0.1"\nport = {peer.port}\ninterval = 0.05\n'
-        'timeout = 0.3\nretries = 0\nbackoff_max = 0.2\n'
+        "timeout = 0.3\nretries = 0\nbackoff_max = 0.2\n"
         '[devices.odd.points.p]\ntable = "input"\naddress = 0\n'
     )
     (drv,) = build_drivers(config)
