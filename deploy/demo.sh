@@ -9,6 +9,7 @@
 #   ./deploy/demo.sh --port 18830          the broker's port (loopback only)
 #   ./deploy/demo.sh --fleet               three gateways, each its own client at the local issuer
 #                                          (oauth2, private_key_jwt); --issuer-port N (default 18840)
+#   ./deploy/demo.sh --modbus-port 5020    the simulated Modbus TCP meter's port
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -26,7 +27,8 @@ while (($#)); do
     --duration) duration="$2"; shift 2 ;;
     --token-lifetime) lifetime="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --modbus-port) modbus_port="$2"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -127,7 +129,7 @@ wait_for "the Modbus simulator" test -e "$demo/rs485-1"
 wait_for "the serial simulator" test -e "$demo/scale"
 wait_for "the Modbus TCP meter" port_open "$modbus_port"
 
-sed -e "s|@ROOT@|$root|g" -e "s|@DEMO@|$demo|g" -e "s|@PORT@|$port|g" -e "s|@LIFETIME@|$lifetime|g" \
+sed -e "s|@ROOT@|$root|g" -e "s|@DEMO@|$demo|g" -e "s|@PORT@|$port|g" -e "s|@LIFETIME@|$lifetime|g" -e "s|@MODBUS_PORT@|$modbus_port|g" \
   deploy/demo.toml.in >"$demo/demo.toml"
 "$venv/bin/fieldgate" check-config "$demo/demo.toml"
 echo

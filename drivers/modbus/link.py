@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
@@ -91,6 +91,11 @@ class Channel:
         return data
 
     def _make_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
+        client = self._new_client()
+        _discard_undecodable_frames(client)
+        return client
+
+    def _new_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
         link = self.link
         # pymodbus' own retries and reconnects are off: we time, retry and back off ourselves so that
         # one slave's silence costs the others at most one timeout. Its timeout is only a safety net.
@@ -236,6 +241,26 @@ class Channel:
 
     def close(self) -> None:
         self._drop()
+
+
+def _discard_undecodable_frames(client: AsyncModbusSerialClient | AsyncModbusTcpClient) -> None:
+    """An answer pymodbus cannot decode is dropped, not raised out of the transport's data callback.
+
+    pymodbus raises ``ModbusIOException`` from ``data_received`` for a frame with an unknown function
+    code; asyncio then logs a traceback at error level and closes the connection, once per bad frame.
+    Dropped here, the request runs into its timeout and is reported as a bad frame (bytes arrived) by
+    :meth:`Channel.transact`, logged once while the device keeps sending them.
+    """
+    manager = client.ctx
+    handle = manager.callback_data
+
+    def callback_data(data: bytes, addr: tuple[str, int] | None = None) -> int:
+        try:
+            return int(handle(data, addr))
+        except ModbusIOException:
+            return len(data)
+
+    manager.callback_data = callback_data  # type: ignore[method-assign]
 
 
 @dataclass(slots=True)

@@ -362,8 +362,11 @@ async def test_an_operator_writes_a_setpoint_on_a_shared_bus_and_gets_done_with_
         took = loop.time() - t0
         during = {d: (cycles(run, d) - during_start[d]) / took for d in ("m1", "m2")}
         print(f"poll rates (cycles/s) before {before} during commands {during}")
+        # Commands share the bus but never starve the polls: a ratio against the rate measured just
+        # before in this run (a command that held the bus for its whole timeout would halve it). The
+        # rate itself is bench_modbus.py's figure.
         for d in ("m1", "m2"):
-            assert during[d] == pytest.approx(before[d], rel=0.10), (before, during)
+            assert during[d] >= 0.75 * before[d], (before, during)
         assert slaves.writes.get(3) == 1 + len(values)
         assert run.bus.stats()["queue_full"] == 0
         # fieldgate status and the metrics show the command counters.

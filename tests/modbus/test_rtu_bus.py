@@ -159,8 +159,9 @@ async def test_a_silent_slave_is_backed_off_logged_once_and_recovers_while_the_o
 
     print("poll rates (cycles, per s): baseline", baseline, "while m3 is silent", during)
     for d in ("m1", "m2"):
-        assert during[d][1] == pytest.approx(baseline[d][1], rel=0.10), (d, baseline, during)
-        assert during[d][1] == pytest.approx(10.0, rel=0.10)
+        # A ratio against the baseline of this run, never an absolute rate (that is bench_modbus.py's):
+        # without backoff, m3's timeout on every cycle would halve the others' rate.
+        assert during[d][1] >= 0.75 * baseline[d][1], (d, baseline, during)
         # The survivors never saw a bad reading.
         assert all(r.quality is Quality.GOOD for _, rs in collector.of(d) for r in rs)
     # While dead, m3's points are bad with the reason, never a made-up value.

@@ -106,9 +106,11 @@ hang = "block"
         # the last one printed.
         await process.wait_for(lambda s: "/blocker/telemetry " in s and '"seq":19,' in s)
         last_message = time.monotonic()
-        await asyncio.sleep(2.0)  # observing an absence needs time: five watchdog periods
-        late = [t - last_message for t in notify_socket.arrived if t > last_message + 0.3]
-        assert late == [], f"datagrams {late} s after the loop was blocked"
+        await asyncio.sleep(2.0)  # observing an absence needs time: ten watchdog pings of a live loop
+        # One ping may have left just before the loop blocked and be read late by a busy test; a live
+        # loop would have sent about ten in this window.
+        late = [t - last_message for t in notify_socket.arrived if t > last_message]
+        assert len(late) <= 1, f"datagrams {late} s after the loop was blocked"
         assert not any('"seq":20,' in line for line in process.stdout)
     finally:
         await process.kill()

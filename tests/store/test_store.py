@@ -192,7 +192,7 @@ async def test_max_messages_drops_the_oldest_and_counts(
         for seq in range(1, 3001):
             store.append(message(seq))
             if seq % 200 == 0:
-                await asyncio.sleep(0.01)
+                await store.sync()
         assert len(store) == 1000
         assert store.dropped == 2000
         await store.sync()
@@ -220,7 +220,7 @@ async def test_max_disk_size_drops_the_oldest(state_dir: Path) -> None:
         for seq in range(1, 401):
             store.append(message(seq, size=10_000))
             if seq % 50 == 0:
-                await asyncio.sleep(0.02)
+                await store.sync()
         await wait_until(lambda: not store._to_insert and not store._gap_drops)
         kept = len(store)
         assert 90 <= kept <= 105
