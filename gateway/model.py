@@ -453,3 +453,18 @@ def clean_batch(batch: PointBatch) -> list[tuple[int, Value | None]]:
             batch.bad[i] = (Quality.BAD, f"{NOT_FINITE} ({old})")
     batch.values = values
     return repaired
+
+
+def unchanged_within(old: Value | None, new: Value | None, deadband: float) -> bool:
+    """Whether an on-change point's ``new`` value is no news after ``old``: equal, or numbers no further
+    apart than ``deadband`` (booleans and text compare equal or not; NaN is no change from NaN)."""
+    if (
+        isinstance(old, bool)
+        or isinstance(new, bool)
+        or not isinstance(old, int | float)
+        or not isinstance(new, int | float)
+    ):
+        return old == new
+    if math.isnan(old) and math.isnan(new):
+        return True
+    return abs(new - old) <= deadband

@@ -40,7 +40,7 @@ from gateway.errors import (
     UnknownTarget,
     ValueRefused,
 )
-from gateway.model import CommandReply, PointBatch, Quality, Reading, ReadingSink, Value
+from gateway.model import CommandReply, PointBatch, Quality, Reading, ReadingSink, Value, unchanged_within
 
 log = logging.getLogger("fieldgate.modbus")
 
@@ -427,7 +427,7 @@ class ModbusLinkDriver:
                 and last is not None
                 and last[1] is r.quality
                 and now - last[2] < p.report_period
-                and _unchanged(last[0], r.value, p.deadband)
+                and unchanged_within(last[0], r.value, p.deadband)
             ):
                 continue
             st.last_emitted[r.point] = (r.value, r.quality, now)
@@ -534,19 +534,6 @@ class ModbusLinkDriver:
         ts = time.time()
         log.info("modbus[%s]: wrote %s = %r", dev.name, p.name, value)
         return Reading(dev.name, p.name, decode_point(p, back, 0), p.unit, ts)
-
-
-def _unchanged(old: Value | None, new: Value | None, deadband: float) -> bool:
-    if (
-        isinstance(old, bool)
-        or isinstance(new, bool)
-        or not isinstance(old, int | float)
-        or not isinstance(new, int | float)
-    ):
-        return old == new
-    if math.isnan(old) and math.isnan(new):
-        return True
-    return abs(new - old) <= deadband
 
 
 def _bad(device: Device, points: Sequence[Point], reason: str) -> list[Reading]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import termios
 import time
@@ -28,7 +27,7 @@ from drivers.serial.config import Command, Device, LineFraming, ParserSpec, Poin
 from drivers.serial.framing import Counters, Frame, Framer, build_framer
 from drivers.serial.parsers import FramePlan, Rejected, build_plan
 from gateway.errors import CommandRefused, DeviceTimeout, DeviceUnavailable, UnknownTarget
-from gateway.model import CommandReply, Quality, Reading, ReadingSink, Value
+from gateway.model import CommandReply, Quality, Reading, ReadingSink, Value, unchanged_within
 
 log = logging.getLogger("fieldgate.serial")
 
@@ -168,25 +167,12 @@ class _ReportFilter:
                     last is not None
                     and last[1] is r.quality
                     and now - last[2] < p.report_period
-                    and _unchanged(last[0], r.value, p.deadband)
+                    and unchanged_within(last[0], r.value, p.deadband)
                 ):
                     continue
                 self._last[r.point] = (r.value, r.quality, now)
             out.append(r)
         return out
-
-
-def _unchanged(old: Value | None, new: Value | None, deadband: float) -> bool:
-    if (
-        isinstance(old, bool)
-        or isinstance(new, bool)
-        or not isinstance(old, int | float)
-        or not isinstance(new, int | float)
-    ):
-        return old == new
-    if math.isnan(old) and math.isnan(new):
-        return True
-    return abs(new - old) <= deadband
 
 
 class SerialDriver:

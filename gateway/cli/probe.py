@@ -69,8 +69,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         ProbeSettings,
         configured_rate,
         run_probe,
-        tls_context,
     )
+    from gateway.uplink.session import tls_context
 
     for name in ("burst_seconds", "expiry_wait"):
         value = getattr(args, name)

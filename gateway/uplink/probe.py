@@ -101,22 +101,6 @@ class ProbeReport:
         return "\n".join(lines)
 
 
-async def tls_context(cfg: UplinkConfig) -> ssl.SSLContext | None:
-    """The uplink's TLS settings (as ``fieldgate run`` uses them), built in a worker thread (disk reads)."""
-    if not cfg.tls:
-        return None
-
-    def build() -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        return ctx
-
-    try:
-        return await asyncio.to_thread(build)
-    except (OSError, ssl.SSLError) as exc:
-        raise UplinkError(f"cannot load the CA file {cfg.ca_file}: {exc}") from exc
-
-
 def configured_rate(uplink: UplinkConfig) -> float:
     """The publish rate the uplink is configured to stay under: ``[uplink.limits] messages_per_second``
     (Event Grid's documented quota unless the config says otherwise)."""

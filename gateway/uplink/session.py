@@ -182,6 +182,23 @@ class _Connection:
             self.ended.set_result(reason)
 
 
+async def tls_context(cfg: UplinkConfig) -> ssl.SSLContext | None:
+    """The uplink's TLS settings (TLS 1.2+, the system CA store or ``ca_file``); None without TLS."""
+    if not cfg.tls:
+        return None
+
+    def build() -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    try:
+        # Loading the system CA store or a CA file reads disk: worker thread.
+        return await asyncio.to_thread(build)
+    except (OSError, ssl.SSLError) as exc:
+        raise UplinkError(f"cannot load the CA file {cfg.ca_file}: {exc}") from exc
+
+
 class Uplink:
     """The gateway's one MQTT v5 session. ``run`` until cancelled; ``send`` from the pipeline."""
 
@@ -797,20 +814,7 @@ class Uplink:
         return conn
 
     async def _tls_context(self) -> ssl.SSLContext | None:
-        cfg = self._config
-        if not cfg.tls:
-            return None
-
-        def build() -> ssl.SSLContext:
-            ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            return ctx
-
-        try:
-            # Loading the system CA store or a CA file reads disk: worker thread.
-            return await asyncio.to_thread(build)
-        except (OSError, ssl.SSLError) as exc:
-            raise UplinkError(f"cannot load the CA file {cfg.ca_file}: {exc}") from exc
+        return await tls_context(self._config)
 
     def _explain_connect_error(self, conn: _Connection, exc: aiomqtt.MqttError) -> str:
         if conn.connack_code is not None and conn.connack_code >= 0x80:

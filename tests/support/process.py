@@ -70,6 +70,14 @@ class GatewayProcess:
                 self._changed.clear()
                 await self._changed.wait()
 
+    def tracebacks(self) -> str:
+        """Every traceback the process wrote to stderr, with the line before it (empty: none)."""
+        lines = self.stderr
+        shown = [
+            "\n".join(lines[max(0, i - 1) : i + 30]) for i, line in enumerate(lines) if "Traceback" in line
+        ]
+        return "\n---\n".join(shown)
+
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
