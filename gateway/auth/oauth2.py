@@ -176,6 +176,9 @@ class OAuth2TokenSource:
             raise TokenError(f"{where} answered with JSON that is not an object")
         return content, sent_at
 
+    def invalidate(self) -> None:
+        self._token = None
+
     async def get_token(self) -> Token:
         held = self._token
         if held is not None and held.remaining(self._clock()) > held.lifetime / 2:

@@ -78,6 +78,10 @@ CONNACK_HINTS: dict[int, str] = {
 JSON_CONTENT_TYPE = "application/json"
 #: Bytes the two properties add to a PUBLISH: PFI (id, byte) and Content Type (id, length, text).
 JSON_PROPERTY_BYTES = 2 + 3 + len(JSON_CONTENT_TYPE)
+#: CONNACK codes that refuse the token itself: it is dropped from the source's caches before the next try.
+TOKEN_REFUSED = frozenset({0x86, 0x87, 0x8C})
+#: DISCONNECT reason code: another connection with our client id took the session over.
+SESSION_TAKEN_OVER = 0x8E
 #: Keep this many distinct refused topics for "log once per topic"; beyond it, refusals log at debug.
 _MAX_REMEMBERED_TOPICS = 1024
 
@@ -190,6 +194,12 @@ class _Connection:
     end_reason: str | None = None
     #: Filters the broker refused (SUBACK >= 0x80) on this connection, with when (monotonic) to ask again.
     refused_filters: dict[str, float] = field(default_factory=dict)
+    #: The reason code of the broker's DISCONNECT, when it sent one.
+    disconnect_code: int | None = None
+    #: The connection was closed under us without a DISCONNECT (mosquitto 2.0 ends a taken-over session so).
+    lost: bool = False
+    #: ``time.monotonic()`` when the CONNACK accepted it.
+    opened_at: float | None = None
 
     def end(self, reason: str) -> None:
         if self.end_reason is None:
@@ -241,6 +251,9 @@ class Uplink:
         self._over_limit_logged = False
         self._failing: str | None = None
         self._failures = 0
+        #: Connections in a row the broker ended before they became stable, and how (a loop's kind).
+        self._short_lived = 0
+        self._short_kind: str | None = None
         # counters
         self._connects = 0
         self._connections = 0
@@ -567,6 +580,65 @@ class Uplink:
         self._wakeup.set()
 
     # -- state logging ---------------------------------------------------------------------------
+    def _after_connection(self, conn: _Connection, up: float, why: str, backoff: Backoff) -> float:
+        """Log how a connection ended and return the delay before the next attempt.
+
+        The backoff starts over only after a connection that stayed up ``reconnect.stable_after``: a
+        broker that accepts and then ends each connection at once (two gateways with one client id, a
+        token refused after CONNACK) is retried ever more slowly, not every second.
+        """
+        cfg = self._config
+        stable = up >= cfg.reconnect.stable_after
+        if stable:
+            backoff.reset()
+        delay = backoff.next()
+        kind: str | None = None
+        if not stable:
+            if conn.disconnect_code == SESSION_TAKEN_OVER:
+                kind = "takeover"
+            elif conn.lost:
+                kind = "closed"
+        if kind is not None and kind == self._short_kind:
+            self._short_lived += 1
+        else:
+            if self._short_lived >= 2:
+                log.info("uplink: the reconnect loop ended (the last connection lasted %.0f s)", up)
+            self._short_kind, self._short_lived = kind, 1 if kind is not None else 0
+        if self._short_lived == 2 and kind == "takeover":
+            log.error(
+                "uplink: session-takeover loop: the broker ended our session %d times in a row with "
+                "DISCONNECT 0x%02X Session taken over, each within %.0f s: another client connects with "
+                "client id %r (two gateways with one identity?); backing off up to %.0f s between attempts",
+                self._short_lived,
+                SESSION_TAKEN_OVER,
+                cfg.reconnect.stable_after,
+                cfg.client_id,
+                cfg.reconnect.maximum,
+            )
+        elif self._short_lived == 2:
+            log.error(
+                "uplink: reconnect loop: the broker closed %d connections in a row within %.0f s of "
+                "accepting them, without a DISCONNECT reason (mosquitto closes a session another client "
+                "took over this way: is client id %r in use elsewhere?); backing off up to %.0f s "
+                "between attempts",
+                self._short_lived,
+                cfg.reconnect.stable_after,
+                cfg.client_id,
+                cfg.reconnect.maximum,
+            )
+        elif self._short_lived > 2:
+            log.debug("uplink: %s (%d in a row); next attempt in %.1f s", why, self._short_lived, delay)
+        else:
+            log.warning(
+                "uplink disconnected from %s:%d after %.1f s: %s; reconnecting in %.1f s",
+                cfg.host,
+                cfg.port,
+                up,
+                why,
+                delay,
+            )
+        return delay
+
     def _fail(self, what: str) -> None:
         """A connect attempt failed: error once per streak of the same failure, debug while it lasts."""
         self._failures += 1
@@ -630,6 +702,7 @@ class Uplink:
             if conn.ended.done() and conn.auth.refusal is None:
                 return  # the connection ended for another reason, which the reconnect loop logs
             self._refreshes_failed += 1
+            self._source.invalidate()
             log.warning("token refresh refused: %s; reconnecting with a fresh token", outcome.detail)
             conn.end(f"token refresh refused: {outcome.detail}")
             # A normal DISCONNECT: we reconnect at once, so the will (gateway offline) must not fire.
@@ -714,8 +787,10 @@ class Uplink:
             elif refusal is not None:
                 why = f"token refresh refused: {refusal.detail}"
             elif getattr(flags, "is_disconnect_packet_from_server", False):
+                conn.disconnect_code = int(rc.value)
                 why = f"the broker sent DISCONNECT 0x{int(rc.value):02X} {rc.getName()}"
             else:
+                conn.lost = True
                 why = f"connection lost ({rc.getName()})"
             conn.end(why)
             on_disconnect(c, userdata, flags, rc, props)
@@ -771,8 +846,10 @@ class Uplink:
             return f"cannot connect: {cause.strerror or cause}"
         return f"cannot connect: {exc}"
 
-    async def _run_connection(self, token: Token, tls: ssl.SSLContext | None, backoff: Backoff) -> str:
-        """One connection from CONNECT to its end: returns why it ended; UplinkError if it never began."""
+    async def _run_connection(
+        self, token: Token, tls: ssl.SSLContext | None, backoff: Backoff
+    ) -> _Connection:
+        """One connection from CONNECT to its end (``ended`` holds why); UplinkError if it never began."""
         conn = self._new_connection(token, tls)
         try:
             await conn.client.__aenter__()
@@ -782,7 +859,8 @@ class Uplink:
                 raise ConnectRefused(conn.connack_code, text) from exc
             raise UplinkError(text) from exc
         try:
-            return await self._serve(conn, backoff)
+            await self._serve(conn, backoff)
+            return conn
         finally:
             # Graceful DISCONNECT when we leave on our own (cancellation); no-op after a broker disconnect.
             # The exception aiomqtt stored for an unexpected disconnect is read so asyncio does not warn.
@@ -792,6 +870,7 @@ class Uplink:
             await conn.client.__aexit__(None, None, None)
 
     async def _serve(self, conn: _Connection, backoff: Backoff) -> str:
+        """Serve an accepted connection until it ends; the backoff is reset by ``run`` once it was stable."""
         cfg = self._config
         props = conn.connack_properties
         receive_max = int(getattr(props, "ReceiveMaximum", 65535))
@@ -803,7 +882,7 @@ class Uplink:
         # Nothing counts as subscribed on a new connection until its SUBACKs say so.
         self._confirmed.clear()
         self._connected_since = time.time()
-        backoff.reset()
+        conn.opened_at = time.monotonic()
         recovered = f" after {self._failures} failed attempts" if self._failures else ""
         self._failing, self._failures = None, 0
         log.info(
@@ -863,19 +942,18 @@ class Uplink:
                 self._use_token(token)
                 started = time.monotonic()
                 try:
-                    why = await self._run_connection(token, tls, backoff)
+                    conn = await self._run_connection(token, tls, backoff)
                 except UplinkError as exc:
+                    if isinstance(exc, ConnectRefused) and exc.reason_code in TOKEN_REFUSED:
+                        # Otherwise a caching source (oauth2, azure) would hand the refused token back.
+                        self._source.invalidate()
                     self._fail(str(exc))
                     await asyncio.sleep(backoff.next())
                     continue
-                log.warning(
-                    "uplink disconnected from %s:%d after %.1f s: %s; reconnecting",
-                    cfg.host,
-                    cfg.port,
-                    time.monotonic() - started,
-                    why,
-                )
-                await asyncio.sleep(backoff.next())
+                why = conn.ended.result() if conn.ended.done() else "ended"
+                up = time.monotonic() - (conn.opened_at if conn.opened_at is not None else started)
+                delay = self._after_connection(conn, up, why, backoff)
+                await asyncio.sleep(delay)
         finally:
             self._conn = None
             self._connected.clear()
