@@ -135,6 +135,17 @@ def connack_text(code: int, properties: Properties | None = None) -> str:
     return text
 
 
+def seconds_left_at_receipt(token: Token, now: float) -> float:
+    """How long a token just received stays valid, judged once, at receipt, by the wall clock.
+
+    ``exp`` is the issuer's wall clock. Ours may be wrong by days (a Pi without RTC before NTP): when
+    it makes the token look valid for longer than its lifetime, or already expired, the token is taken
+    as just issued (its lifetime). From then on the uplink counts down on the monotonic clock.
+    """
+    left = token.remaining(now)
+    return left if 0.0 < left <= token.lifetime else token.lifetime
+
+
 def refresh_delay(token: Token, cfg: RefreshConfig, now: float, rng: random.Random) -> float:
     """Seconds until the next refresh: min(issued + fraction*lifetime, exp - margin) minus jitter.
 
@@ -219,8 +230,12 @@ class Uplink:
         gateway_id: str,
         site: str,
         rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._wall_clock = wall_clock
+        #: ``time.monotonic()`` at which the token in use expires (see seconds_left_at_receipt).
+        self._token_deadline = 0.0
         self._source = token_source
         self._gateway_id = gateway_id
         self._site = site
@@ -653,12 +668,18 @@ class Uplink:
 
     # -- tokens ----------------------------------------------------------------------------------
     def _use_token(self, token: Token) -> None:
+        if not token.same_as(self._token):
+            self._token_deadline = time.monotonic() + seconds_left_at_receipt(token, self._wall_clock())
         self._token = token
         for listener in self.token_listeners:
             listener(token)
 
     def _method(self) -> str:
         return self._config.auth_method
+
+    def _token_left(self) -> float:
+        """Seconds the token in use stays valid, on the monotonic clock (wall-clock steps do not count)."""
+        return self._token_deadline - time.monotonic()
 
     async def _refresh_loop(self, conn: _Connection) -> None:
         cfg = self._config.refresh
@@ -668,11 +689,14 @@ class Uplink:
             current = self._token
             if current is None:
                 return
-            await asyncio.sleep(refresh_delay(current, cfg, time.time(), self._rng))
+            # The token's times are the issuer's wall clock: scheduled on the monotonic clock, with the
+            # monotonic instant that corresponds to "now" in the token's frame.
+            in_token_frame = current.expires_at - self._token_left()
+            await asyncio.sleep(refresh_delay(current, cfg, in_token_frame, self._rng))
             try:
                 fresh = await self._source.get_token()
             except TokenError as exc:
-                left = current.remaining()
+                left = self._token_left()
                 if left <= 0:
                     log.error("token refresh: %s; the token expired, the broker will disconnect", exc)
                     return
@@ -691,13 +715,13 @@ class Uplink:
             backoff.reset()
             if fresh.same_as(current):
                 # The file source has nothing newer yet; look again later (it warns before expiry).
-                await asyncio.sleep(min(30.0, max(1.0, current.remaining() / 10)))
+                await asyncio.sleep(min(30.0, max(1.0, self._token_left() / 10)))
                 continue
             outcome = await self._reauthenticate(conn, fresh)
             if outcome.accepted:
                 self._use_token(fresh)
                 self._refreshes_ok += 1
-                log.debug("token refreshed in session (%s), %.0f s left", outcome.detail, fresh.remaining())
+                log.debug("token refreshed in session (%s), %.0f s left", outcome.detail, self._token_left())
                 continue
             if conn.ended.done() and conn.auth.refusal is None:
                 return  # the connection ended for another reason, which the reconnect loop logs
