@@ -22,6 +22,7 @@ from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from gateway.model import CommandTransport, Driver, MessageSink
 from gateway.mqtt_topics import fill_template
+from gateway.pipeline.clock import ClockCheck
 from gateway.pipeline.pump import PumpCounters, pump_forever
 from gateway.pipeline.queue import ReadingQueue, SetAside, route_forever, route_pending
 from gateway.pipeline.router import Router
@@ -65,6 +66,8 @@ class Gateway:
         self.sink = sink
         self.readings = ReadingQueue(config.telemetry.reading_queue)
         self.router = Router(config.gateway.id, config.gateway.site, config.routes, config.telemetry.qos)
+        self.clock = ClockCheck(config.gateway.state_dir)
+        self.router.clock_synced = self.clock.synced
         self.store = store if store is not None else make_store(config.store, config.gateway.state_dir)
         self.pump_counters = PumpCounters()
         self.set_aside = SetAside()
@@ -134,6 +137,7 @@ class Gateway:
             loop.add_signal_handler(signal.SIGINT, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         await self.store.open()
+        await self.clock.load()
         # Numbering continues where the last run stopped (the store persists it).
         self.router.next_seq = max(self.router.next_seq, self.store.next_seq)
         try:
@@ -149,7 +153,10 @@ class Gateway:
                 pump_task = self._keep(
                     tg, "store.pump", lambda: pump_forever(self.store, self.sink, self.pump_counters)
                 )
-                helpers = [tg.create_task(self._reload_loop(), name="config.reload")]
+                helpers = [
+                    tg.create_task(self._reload_loop(), name="config.reload"),
+                    tg.create_task(self.clock.keep(), name="clock"),
+                ]
                 if self.commands is not None:
                     helpers.append(self._keep(tg, "commands", self.commands.run))
                 if self.config.gateway.stats_interval > 0:

@@ -14,14 +14,15 @@ Unbatched, one reading::
 A reading that is not good carries ``"reason"``; a value that is not a finite number (a meter's NaN for
 "not available") goes out as ``null`` with quality ``bad`` and reason ``not a finite number (nan)``
 (``gateway.model.clean_reading``, the rule command responses follow too); a point sampled at another
-moment than the message's ``ts`` carries its own ``"ts"``.
+moment than the message's ``ts`` carries its own ``"ts"``. A message routed while the wall clock is not
+set yet (``gateway.pipeline.clock``) carries ``"clock": "unsynced"``; otherwise there is no such key.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.config.model import DeviceRoute
@@ -61,6 +62,8 @@ class Router:
         self.qos = qos
         self.next_seq = first_seq
         self.counters = RouterCounters()
+        #: False while the wall clock is not set yet (None: not checked).
+        self.clock_synced: Callable[[], bool] | None = None
         self._routes: dict[str, DeviceRoute] = {}
         self._topics: dict[tuple[str, str], str] = {}
         self.set_routes(routes)
@@ -134,6 +137,8 @@ class Router:
         seq = self.next_seq
         self.next_seq += 1
         payload = {"seq": seq, "gateway": self.gateway_id, "device": route.device.name, "ts": ts, **body}
+        if self.clock_synced is not None and not self.clock_synced():
+            payload["clock"] = "unsynced"
         return Message(
             topic=topic,
             payload=_encode(payload).encode(),
