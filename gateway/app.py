@@ -221,25 +221,31 @@ class Gateway:
 
         while True:
             stable = loop.call_later(TASK_STABLE_AFTER, recovered) if failing else None
+            error: Exception | None = None
             try:
                 await start()
                 why = "ended by itself"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                why = f"crashed ({type(exc).__name__})"
+                why, error = f"crashed ({type(exc).__name__})", exc
             finally:
                 if stable is not None:
                     stable.cancel()
             count = self.restarts.hit(name)
             if not failing:
                 log.error(
-                    "task %s %s; restarting in %gs (restart %d)", name, why, delay, count, exc_info=True
+                    "task %s %s; restarting in %gs (restart %d)", name, why, delay, count, exc_info=error
                 )
                 failing = True
             else:
                 log.debug(
-                    "task %s %s again; restarting in %gs (restart %d)", name, why, delay, count, exc_info=True
+                    "task %s %s again; restarting in %gs (restart %d)",
+                    name,
+                    why,
+                    delay,
+                    count,
+                    exc_info=error,
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, TASK_RESTART_MAX)
@@ -268,16 +274,42 @@ class Gateway:
     async def _supervise(self, driver: Driver) -> None:
         """Run a driver; a driver that returns or crashes (a bug) is restarted with backoff."""
         delay = DRIVER_RESTART_MIN
+        loop = asyncio.get_running_loop()
+        failing = False
         try:
             while True:
+                started = loop.time()
+                error: Exception | None = None
                 try:
                     await driver.run(self.readings.put)
-                    log.error("%s stopped by itself; restarting in %gs", driver.name, delay)
+                    why = "stopped by itself"
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    log.exception("%s crashed; restarting in %gs", driver.name, delay)
-                self.restarts.hit(driver.name)
+                except Exception as exc:
+                    why, error = "crashed", exc
+                if failing and loop.time() - started >= TASK_STABLE_AFTER:
+                    # It ran a good while before this end: a new episode, logged and backed off anew.
+                    failing, delay = False, DRIVER_RESTART_MIN
+                count = self.restarts.hit(driver.name)
+                if not failing:
+                    failing = True
+                    log.error(
+                        "%s %s; restarting in %gs (restart %d)",
+                        driver.name,
+                        why,
+                        delay,
+                        count,
+                        exc_info=error,
+                    )
+                else:
+                    log.debug(
+                        "%s %s again; restarting in %gs (restart %d)",
+                        driver.name,
+                        why,
+                        delay,
+                        count,
+                        exc_info=error,
+                    )
                 with contextlib.suppress(Exception):
                     await driver.close()
                 await asyncio.sleep(delay)
