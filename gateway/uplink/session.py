@@ -595,6 +595,16 @@ class Uplink:
         self._wakeup.set()
 
     # -- state logging ---------------------------------------------------------------------------
+    def _stable(self, backoff: Backoff) -> None:
+        """The connection stayed up ``reconnect.stable_after``: the next failure starts a new episode."""
+        backoff.reset()
+        if self._short_lived >= 2:
+            log.info(
+                "uplink: the reconnect loop is over (connected for %.0f s)",
+                self._config.reconnect.stable_after,
+            )
+        self._short_kind, self._short_lived = None, 0
+
     def _after_connection(self, conn: _Connection, up: float, why: str, backoff: Backoff) -> float:
         """Log how a connection ended and return the delay before the next attempt.
 
@@ -933,9 +943,11 @@ class Uplink:
         helpers = [asyncio.create_task(self._keep_subscribed(conn), name="uplink.subscribe")]
         if cfg.refresh.enabled:
             helpers.append(asyncio.create_task(self._refresh_loop(conn), name="uplink.refresh"))
+        stable = asyncio.get_running_loop().call_later(cfg.reconnect.stable_after, self._stable, backoff)
         try:
             return await asyncio.shield(conn.ended)
         finally:
+            stable.cancel()
             conn.open = False
             self._connected.clear()
             self._connected_since = None

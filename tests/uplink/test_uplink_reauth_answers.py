@@ -197,13 +197,18 @@ async def test_a_failed_token_fetch_is_retried_while_the_current_token_is_valid(
 async def test_a_session_takeover_loop_is_logged_once_with_its_reason_code_and_backed_off(
     key: Path, caplog: pytest.LogCaptureFixture, watch: LogWatch
 ) -> None:
-    """Each CONNECT is accepted, then the session is taken over (DISCONNECT 0x8E) at once."""
+    """Each CONNECT is accepted, then the session is taken over (DISCONNECT 0x8E) at once; later the
+    other client goes away and a connection stays up."""
     caplog.set_level(logging.DEBUG)
     async with scripted("takeover") as peer:
-        cfg = replace(config(key, peer.port), reconnect=ReconnectConfig(initial=0.05, maximum=0.4))
+        reconnect = ReconnectConfig(initial=0.05, maximum=0.4, stable_after=1.0)
+        cfg = replace(config(key, peer.port), reconnect=reconnect)
         uplink = Uplink(cfg, SignerTokenSource(cfg.token), gateway_id="gw-1", site="s")
         async with running(uplink):
             await watch.wait_for(lambda: peer.connections >= 6, "six connections", 30)
+            peer.answer = "accept"
+            over = lambda: any("reconnect loop is over" in r.getMessage() for r in caplog.records)  # noqa: E731
+            await watch.wait_for(over, "the end of the loop logged", 30)
     records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "fieldgate.uplink"]
     loops = [m for level, m in records if level == logging.ERROR and "loop" in m]
     assert len(loops) == 1, loops
