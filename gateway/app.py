@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.commands.service import CommandService
 from gateway.config import Config, load_config
+from gateway.config.limits import DEFAULT_LIMITS
 from gateway.errors import ConfigError
 from gateway.model import CommandTransport, Driver, MessageSink
 from gateway.mqtt_topics import fill_template
@@ -65,7 +66,13 @@ class Gateway:
         self.config = config
         self.sink = sink
         self.readings = ReadingQueue(config.telemetry.reading_queue)
-        self.router = Router(config.gateway.id, config.gateway.site, config.routes, config.telemetry.qos)
+        self.router = Router(
+            config.gateway.id,
+            config.gateway.site,
+            config.routes,
+            config.telemetry.qos,
+            telemetry=config.telemetry,
+        )
         self.clock = ClockCheck(config.gateway.state_dir)
         self.router.clock_synced = self.clock.synced
         self.store = store if store is not None else make_store(config.store, config.gateway.state_dir)
@@ -150,8 +157,14 @@ class Gateway:
                     "router",
                     lambda: route_forever(self.readings, self.router, self.store, self.set_aside),
                 )
+                uplink_cfg = self.config.uplink
+                limits = uplink_cfg.limits if uplink_cfg is not None else DEFAULT_LIMITS
                 pump_task = self._keep(
-                    tg, "store.pump", lambda: pump_forever(self.store, self.sink, self.pump_counters)
+                    tg,
+                    "store.pump",
+                    lambda: pump_forever(
+                        self.store, self.sink, self.pump_counters, max_attempts=limits.max_attempts
+                    ),
                 )
                 helpers = [
                     tg.create_task(self._reload_loop(), name="config.reload"),
@@ -361,6 +374,7 @@ class Gateway:
         await self._stop_drivers(changed)
         self.router.set_routes(new.routes)
         self.router.qos = new.telemetry.qos
+        self.router.set_telemetry(new.telemetry)
         self.config = new
         assert self._tg is not None
         started = []
@@ -399,6 +413,8 @@ class Gateway:
             f"delivered {self.pump_counters.delivered}",
             f"refused {self.pump_counters.refused}",
             f"resent {self.pump_counters.lost}",
+            f"throttled and resent {self.pump_counters.retried}",
+            f"dead letters {store.dead_letters}",
             f"queues: readings {len(self.readings)}/{self.readings.max_cycles}",
             f"dropped {self.readings.dropped}",
             f"store {store.depth}/{self.store.max_messages}",
@@ -419,6 +435,11 @@ class Gateway:
             parts.append(
                 f"uplink {state}, connects {uplink.connects}, refreshes {uplink.refreshes_ok} ok"
                 f" / {uplink.refreshes_failed} failed{expires}, not granted {uplink.permission_denials}"
+            )
+            parts.append(
+                f"shaping: sending {uplink.send_rate:.1f}/s of {uplink.allowed_rate:.1f}/s allowed,"
+                f" throttled {uplink.throttled}, {uplink.inflight_bytes} bytes in flight"
+                f" (peak {uplink.peak_inflight_bytes})"
             )
         if self.commands is not None:
             parts.append(self.commands.stats_text())

@@ -12,13 +12,18 @@ import enum
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, overload, runtime_checkable
 
 if TYPE_CHECKING:
     from gateway.schema import Table
 
 #: Entry-point group in which driver plugins are registered.
 DRIVER_ENTRY_POINT_GROUP = "fieldgate.drivers"
+
+#: Seconds after which a point reported only on change (``on_change``) is reported although unchanged, in
+#: every driver: a change lost upstream (a final refusal, an overflow) heals, and a consumer tells
+#: "unchanged" from "gateway gone".
+DEFAULT_REPORT_PERIOD = 600.0
 
 Value = bool | int | float | str
 
@@ -100,6 +105,64 @@ def json_value(value: object) -> object:
     return value
 
 
+class PointBatch(Sequence[Reading]):
+    """One poll cycle of one device as columns: the per-cycle fast path, without an object per point.
+
+    A driver that reads many points at once (a register block) hands this to its ``ReadingSink`` instead
+    of a list of ``Reading``; the queue and the router read the columns directly. It is still a sequence
+    of readings (built on access), so code that iterates readings keeps working. ``bad`` holds the points
+    whose quality is not good: index -> (quality, reason); their value is None.
+    """
+
+    __slots__ = ("bad", "device", "names", "stamps", "units", "values")
+
+    def __init__(
+        self,
+        device: str,
+        names: Sequence[str],
+        units: Sequence[str | None],
+        values: Sequence[Value | None],
+        stamps: Sequence[float],
+        *,
+        bad: dict[int, tuple[Quality, str | None]] | None = None,
+    ) -> None:
+        self.device = device
+        self.names = names
+        self.units = units
+        self.values = values
+        #: Sampling time of each point (one per request: points of a request share the object).
+        self.stamps = stamps
+        self.bad: dict[int, tuple[Quality, str | None]] = bad if bad is not None else {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, index: int) -> Reading: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Reading]: ...
+    def __getitem__(self, index: int | slice) -> Reading | Sequence[Reading]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self.names)
+        quality, reason = self.bad.get(index, (Quality.GOOD, None))
+        return Reading(
+            self.device,
+            self.names[index],
+            self.values[index],
+            self.units[index],
+            self.stamps[index],
+            quality,
+            reason,
+        )
+
+    @property
+    def timestamp(self) -> float:
+        """The newest sampling time in the cycle."""
+        return max(self.stamps)
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One MQTT message the router produced for the uplink."""
@@ -123,10 +186,14 @@ class PublishOutcome(enum.Enum):
 
     #: The broker acknowledged it (QoS 1 PUBACK with a success code) or it was written (QoS 0).
     DELIVERED = "delivered"
-    #: Refused for good: locally (too large, QoS 2) or by the broker's PUBACK (e.g. 0x87 not authorized).
+    #: Refused for good: locally (too large, QoS 2) or by the broker's PUBACK 0x87 (not authorized) or
+    #: 0x99 (payload format invalid).
     REFUSED = "refused"
     #: The connection dropped before the outcome was known: the caller sends it again.
     LOST = "lost"
+    #: Refused for now (PUBACK 0x97 quota exceeded, 0x80, 0x83, or another code that is not final): the
+    #: caller keeps it and sends it again, a bounded number of times.
+    RETRY = "retry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +203,51 @@ class PublishResult:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class UplinkStats:
+    connected: bool
+    connected_since: float | None
+    #: Successful CONNECTs (CONNACK 0x00).
+    connects: int
+    #: Transport connections opened (TCP, after the TLS handshake when TLS is on).
+    connections: int
+    refreshes_ok: int
+    refreshes_failed: int
+    published: int
+    delivered: int
+    refused: int
+    lost: int
+    token_expires_at: float | None
+    inflight: int
+    #: Messages the permission gate kept from the broker (their topic is not granted); set by the gate.
+    permission_denials: int = 0
+    #: PUBLISH packets received on subscriptions (commands), and those no subscription of ours matched.
+    inbound: int = 0
+    inbound_unmatched: int = 0
+    #: Filters subscribed (SUBACK < 0x80) / not attempted (not permitted) / refused by SUBACK.
+    subscribed: int = 0
+    subscriptions_not_permitted: int = 0
+    subscriptions_refused: int = 0
+    #: Shaping: publishes/s allowed now, throttling answers (PUBACK or DISCONNECT 0x97/0x80/0x83), PUBACKs
+    #: that asked for a resend, PUBLISH bytes awaiting PUBACK (and their peak), publishes/s sent lately.
+    allowed_rate: float = 0.0
+    throttled: int = 0
+    retried: int = 0
+    inflight_bytes: int = 0
+    peak_inflight_bytes: int = 0
+    send_rate: float = 0.0
+
+
 class MessageSink(Protocol):
     """Where the pump hands messages: the uplink, or the dry-run printer."""
 
     async def run(self) -> None:
         """Serve until cancelled (connect, reconnect, refresh...)."""
+        ...
+
+    @property
+    def stats(self) -> UplinkStats | None:
+        """The session's figures for status and metrics; None for a sink that has none (the dry run)."""
         ...
 
     async def send(self, message: Message) -> asyncio.Future[PublishResult]:
@@ -169,7 +276,8 @@ class ReadingSink(Protocol):
     """Where a driver hands its readings: one call per device per poll cycle (or per received frame).
 
     Never blocks: the pipeline applies its overflow policy. One call is one unit for the router's
-    batching (``batch = true`` turns one call into one message carrying all its points).
+    batching (``batch = true`` turns one call into one message carrying all its points). A
+    :class:`PointBatch` is the cheap form for a cycle of many points.
     """
 
     def __call__(self, readings: Sequence[Reading]) -> None: ...
@@ -320,3 +428,28 @@ class Commandable(Protocol):
 #: point names a ``register(subparsers)`` callable taking argparse's subparsers action; every subcommand
 #: it adds sets ``handler=<callable(argparse.Namespace) -> int>`` with ``set_defaults``.
 CLI_ENTRY_POINT_GROUP = "fieldgate.cli"
+
+
+def clean_batch(batch: PointBatch) -> list[tuple[int, Value | None]]:
+    """:func:`clean_reading` for a poll cycle in columns, in place: a value that is not a finite number
+    becomes ``None`` with BAD quality, a string becomes valid Unicode. Returns the repaired points as
+    (index, value as the device sent it); one pass over the values, no object per point."""
+    fixes = [
+        i
+        for i, v in enumerate(batch.values)
+        if (type(v) is float and not math.isfinite(v)) or (type(v) is str and valid_text(v) is not v)
+    ]
+    if not fixes:
+        return []
+    values = list(batch.values)
+    repaired: list[tuple[int, Value | None]] = []
+    for i in fixes:
+        old = values[i]
+        repaired.append((i, old))
+        if isinstance(old, str):
+            values[i] = valid_text(old)
+        else:
+            values[i] = None
+            batch.bad[i] = (Quality.BAD, f"{NOT_FINITE} ({old})")
+    batch.values = values
+    return repaired

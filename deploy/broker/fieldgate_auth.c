@@ -12,7 +12,11 @@
  * Options (plugin_opt_<name>):
  *   method            authentication method (default CUSTOM-JWT)
  *   issuer            required `iss` (required)
- *   audience          required member of `aud` (required)
+ *   audience          the namespace's audience (required); `aud` (a string or an array of strings)
+ *                     must hold the same host in one of Event Grid's documented spellings:
+ *                     `host`, `host/` or `https://host/`
+ *   max_auth_data     largest Authentication Data (token) in bytes (default 8192, Event Grid's limit)
+ *   max_sub_length    longest `sub` (authentication name) in characters (default 128)
  *   public_key_file   issuer public key, PEM (required)
  *   public_key_file_2 second issuer public key for rotation (optional)
  *   nbf_skew          seconds of clock skew tolerated on `nbf` (default 5)
@@ -28,7 +32,8 @@
 #include <time.h>
 
 #include <cjson/cJSON.h>
-#include <jwt.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
@@ -65,8 +70,10 @@ struct fg_plugin {
 	char *method;
 	char *issuer;
 	char *audience;
-	unsigned char *keys[MAX_KEYS];
-	int key_len[MAX_KEYS];
+	char *audience_host; /* `audience` without scheme and trailing '/': what every spelling names */
+	long max_auth_data;
+	long max_sub_length;
+	EVP_PKEY *keys[MAX_KEYS]; /* RSA public keys of the issuer */
 	int key_count;
 	long nbf_skew;
 	char *publish_claim;
@@ -138,8 +145,9 @@ static void free_verified(struct fg_verified *v)
 	memset(v, 0, sizeof(*v));
 }
 
-/* base64url without padding -> bytes (NUL-terminated); NULL on malformed input. */
-static char *base64url_decode(const char *in, size_t len)
+/* base64url without padding -> bytes (NUL-terminated, length in *out_len if given); NULL on
+ * malformed input. */
+static char *base64url_decode_n(const char *in, size_t len, size_t *out_len)
 {
 	char *out = malloc(len * 3 / 4 + 4);
 	if(!out) return NULL;
@@ -167,13 +175,33 @@ static char *base64url_decode(const char *in, size_t len)
 		}
 	}
 	out[n] = '\0';
+	if(out_len) *out_len = n;
 	return out;
 }
 
+static char *base64url_decode(const char *in, size_t len)
+{
+	return base64url_decode_n(in, len, NULL);
+}
+
 /*
- * Reads the JOSE header ourselves before libjwt sees the token: libjwt 1.10 takes the
- * algorithm from the token, so an HS256 token HMAC'd with the public key text, or an
- * unsigned `none` token, would otherwise verify.
+ * RS256: RSASSA-PKCS1-v1_5 with SHA-256 over "header.payload". The plugin verifies itself
+ * (OpenSSL) instead of through libjwt 1.10, which takes the algorithm from the token and
+ * refuses any `typ` but JWT, while Event Grid's page names the type JWS.
+ */
+static bool rs256_verifies(EVP_PKEY *key, const char *input, size_t input_len, const unsigned char *sig,
+		size_t sig_len)
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	bool ok = ctx && EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, key) == 1
+			&& EVP_DigestVerify(ctx, sig, sig_len, (const unsigned char *)input, input_len) == 1;
+	EVP_MD_CTX_free(ctx);
+	return ok;
+}
+
+/*
+ * Reads the JOSE header: only RS256 is verified, whatever the token claims, so an HS256 token
+ * HMAC'd with the public key text or an unsigned `none` token never verifies.
  */
 static const char *check_header(const char *token)
 {
@@ -196,23 +224,62 @@ static const char *check_header(const char *token)
 		problem = "header has no alg";
 	}else if(strcmp(alg->valuestring, "RS256")){
 		problem = "alg is not RS256";
-	}else if(typ && (!cJSON_IsString(typ) || strcasecmp(typ->valuestring, "JWT"))){
-		problem = "typ is not JWT";
+	}else if(!typ){
+		/* Event Grid requires `typ`; its page says JWS, its example shows JWT: both pass. */
+		problem = "header has no typ";
+	}else if(!cJSON_IsString(typ) || (strcasecmp(typ->valuestring, "JWT") && strcasecmp(typ->valuestring, "JWS"))){
+		problem = "typ is neither JWT nor JWS";
 	}
 	cJSON_Delete(header);
 	return problem;
 }
 
+/*
+ * The host an audience names: "https://host/", "host/" and "host" all name "host" (Event Grid
+ * documents these three spellings of the namespace's host). Writes at most `size` bytes; false
+ * for other shapes (another scheme, a path, an empty host).
+ */
+static bool audience_host(const char *aud, char *out, size_t size)
+{
+	const char *start = aud;
+	bool https = !strncasecmp(start, "https://", 8);
+	if(https) start += 8;
+	size_t len = strlen(start);
+	if(len && start[len - 1] == '/') len--;
+	else if(https) return false; /* the documented URL form ends with '/' */
+	if(len == 0 || len >= size || memchr(start, '/', len)) return false;
+	memcpy(out, start, len);
+	out[len] = '\0';
+	return true;
+}
+
+static bool audience_item_matches(const cJSON *item)
+{
+	char host[256];
+	return cJSON_IsString(item) && audience_host(item->valuestring, host, sizeof(host))
+			&& !strcasecmp(host, plugin.audience_host);
+}
+
 static bool audience_matches(const cJSON *aud)
 {
-	if(cJSON_IsString(aud)) return !strcmp(aud->valuestring, plugin.audience);
+	if(cJSON_IsString(aud)) return audience_item_matches(aud);
 	if(cJSON_IsArray(aud)){
 		const cJSON *item;
 		cJSON_ArrayForEach(item, aud){
-			if(cJSON_IsString(item) && !strcmp(item->valuestring, plugin.audience)) return true;
+			if(audience_item_matches(item)) return true;
 		}
 	}
 	return false;
+}
+
+/* Characters (code points) in a UTF-8 string: Event Grid counts the name's characters, not bytes. */
+static long utf8_length(const char *s)
+{
+	long n = 0;
+	for(; *s; s++){
+		if(((unsigned char)*s & 0xC0) != 0x80) n++;
+	}
+	return n;
 }
 
 /* NULL and `out` filled when the token is good; otherwise a static reason (never token text). */
@@ -220,6 +287,14 @@ static const char *verify_token(const void *data, uint16_t len, struct fg_verifi
 {
 	memset(out, 0, sizeof(*out));
 	if(!data || len == 0) return "no authentication data (token) in packet";
+	/* Event Grid's Authentication Data limit (8 KB): a bigger token never reaches the verifier. */
+	if((long)len > plugin.max_auth_data){
+		/* mosquitto runs plugins on one thread: a static buffer is safe for the caller's log line. */
+		static char reason[160];
+		snprintf(reason, sizeof(reason), "authentication data is %u bytes, over the limit of %ld", (unsigned)len,
+				plugin.max_auth_data);
+		return reason;
+	}
 	char *token = malloc((size_t)len + 1);
 	if(!token) return "out of memory";
 	memcpy(token, data, len);
@@ -229,28 +304,29 @@ static const char *verify_token(const void *data, uint16_t len, struct fg_verifi
 		return "token contains a NUL byte";
 	}
 
+	/* check_header makes sure of the alg (RS256 only) and of exactly three parts. */
 	const char *problem = check_header(token);
-	jwt_t *jwt = NULL;
+	char *claims_json = NULL;
 	if(!problem){
+		const char *dot1 = strchr(token, '.');
+		const char *dot2 = strchr(dot1 + 1, '.');
+		size_t sig_len = 0;
+		char *sig = base64url_decode_n(dot2 + 1, strlen(dot2 + 1), &sig_len);
 		problem = "signature does not verify with any issuer key";
-		for(int i = 0; i < plugin.key_count; i++){
-			if(jwt_decode(&jwt, token, plugin.keys[i], plugin.key_len[i]) == 0){
+		for(int i = 0; sig && i < plugin.key_count; i++){
+			if(rs256_verifies(plugin.keys[i], token, (size_t)(dot2 - token), (unsigned char *)sig, sig_len)){
 				problem = NULL;
 				break;
 			}
-			jwt = NULL;
+		}
+		free(sig);
+		if(!problem){
+			claims_json = base64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1));
+			if(!claims_json) problem = "claims are not base64url";
 		}
 	}
-	/* Belt and braces: what libjwt verified must be what we allowed. */
-	if(!problem && jwt_get_alg(jwt) != JWT_ALG_RS256) problem = "alg is not RS256";
 	free(token);
 
-	char *claims_json = NULL;
-	if(!problem){
-		claims_json = jwt_get_grants_json(jwt, NULL);
-		if(!claims_json) problem = "token has no claims";
-	}
-	if(jwt) jwt_free(jwt);
 	if(claims_json){
 		out->claims = cJSON_Parse(claims_json);
 		free(claims_json);
@@ -270,6 +346,12 @@ static const char *verify_token(const void *data, uint16_t len, struct fg_verifi
 	if(!cJSON_IsString(iss)) problem = "iss missing";
 	else if(strcmp(iss->valuestring, plugin.issuer)) problem = "iss is not the configured issuer";
 	else if(!cJSON_IsString(sub) || sub->valuestring[0] == '\0') problem = "sub missing";
+	else if(utf8_length(sub->valuestring) > plugin.max_sub_length){
+		static char reason[160];
+		snprintf(reason, sizeof(reason), "sub is %ld characters, over the authentication name limit of %ld",
+				utf8_length(sub->valuestring), plugin.max_sub_length);
+		problem = reason;
+	}
 	else if(!aud) problem = "aud missing";
 	else if(!audience_matches(aud)) problem = "aud does not contain the configured audience";
 	else if(!cJSON_IsNumber(exp)) problem = "exp missing";
@@ -525,23 +607,29 @@ static int load_key(const char *path)
 		return -1;
 	}
 	buf[len] = '\0';
-	if(!strstr((char *)buf, "-----BEGIN PUBLIC KEY-----")){
-		free(buf);
-		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "public key file %s holds no PEM public key", path);
+	EVP_PKEY *key = NULL;
+	if(strstr((char *)buf, "-----BEGIN PUBLIC KEY-----")){
+		BIO *bio = BIO_new_mem_buf(buf, (int)len);
+		key = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+		BIO_free(bio);
+	}
+	free(buf);
+	if(!key || EVP_PKEY_base_id(key) != EVP_PKEY_RSA){
+		EVP_PKEY_free(key);
+		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "public key file %s holds no PEM RSA public key", path);
 		return -1;
 	}
-	plugin.keys[plugin.key_count] = buf;
-	plugin.key_len[plugin.key_count] = (int)len;
-	plugin.key_count++;
+	plugin.keys[plugin.key_count++] = key;
 	return 0;
 }
 
 static void release_config(void)
 {
-	for(int i = 0; i < plugin.key_count; i++) free(plugin.keys[i]);
+	for(int i = 0; i < plugin.key_count; i++) EVP_PKEY_free(plugin.keys[i]);
 	free(plugin.method);
 	free(plugin.issuer);
 	free(plugin.audience);
+	free(plugin.audience_host);
 	free(plugin.publish_claim);
 	free(plugin.subscribe_claim);
 	fg_list_free(&plugin.perm.publish_templates);
@@ -557,6 +645,22 @@ static void release_config(void)
 static char *dup_or_null(const char *s)
 {
 	return (s && s[0] && strcmp(s, "-")) ? strdup(s) : NULL;
+}
+
+/* A positive integer option, or `fallback` when absent; -1 (logged) when malformed. */
+static int parse_limit(struct mosquitto_opt *options, int count, const char *key, long fallback, long *out)
+{
+	const char *text = option(options, count, key);
+	*out = fallback;
+	if(!text || !text[0]) return 0;
+	char *end = NULL;
+	errno = 0;
+	*out = strtol(text, &end, 10);
+	if(errno || !end || *end || *out < 1){
+		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "plugin_opt_%s '%s' is not a positive number", key, text);
+		return -1;
+	}
+	return 0;
 }
 
 static int configure(struct mosquitto_opt *options, int count)
@@ -591,6 +695,14 @@ static int configure(struct mosquitto_opt *options, int count)
 			return -1;
 		}
 	}
+	if(parse_limit(options, count, "max_auth_data", 8192, &plugin.max_auth_data)) return -1;
+	if(parse_limit(options, count, "max_sub_length", 128, &plugin.max_sub_length)) return -1;
+	char host[256];
+	if(!audience_host(audience, host, sizeof(host)) || !(plugin.audience_host = strdup(host))){
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				LOG_PREFIX "plugin_opt_audience '%s' is not 'host', 'host/' or 'https://host/'", audience);
+		return -1;
+	}
 	if(load_key(key1)) return -1;
 	if(key2 && key2[0] && load_key(key2)) return -1;
 
@@ -608,8 +720,9 @@ static int configure(struct mosquitto_opt *options, int count)
 		}
 	}
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
-			LOG_PREFIX "method '%s', issuer '%s', audience '%s', %d issuer key(s), claims '%s'/'%s', %zu publish / %zu subscribe templates",
-			plugin.method, plugin.issuer, plugin.audience, plugin.key_count,
+			LOG_PREFIX "method '%s', issuer '%s', audience host '%s', %d issuer key(s), token <= %ld bytes, sub <= %ld characters, claims '%s'/'%s', %zu publish / %zu subscribe templates",
+			plugin.method, plugin.issuer, plugin.audience_host, plugin.key_count, plugin.max_auth_data,
+			plugin.max_sub_length,
 			plugin.publish_claim ? plugin.publish_claim : "", plugin.subscribe_claim ? plugin.subscribe_claim : "",
 			plugin.perm.publish_templates.count, plugin.perm.subscribe_templates.count);
 	return 0;

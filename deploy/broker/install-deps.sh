@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the local broker needs: mosquitto itself, the plugin
-# headers, libjwt (token verification), cJSON (claims) and a C toolchain.
+# headers, OpenSSL (RS256 token signatures), cJSON (claims) and a C toolchain.
 # Idempotent: does nothing (and needs no privileges) when everything is present.
 set -euo pipefail
 
-packages=(mosquitto mosquitto-dev libmosquitto-dev libjwt-dev libcjson-dev gcc make libc6-dev openssl)
+packages=(mosquitto mosquitto-dev libmosquitto-dev libssl-dev libcjson-dev gcc make libc6-dev openssl)
 
 missing=()
 for pkg in "${packages[@]}"; do

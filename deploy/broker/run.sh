@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs a local mosquitto 2.0 with the fieldgate auth plugin (Event Grid-style custom JWT
-# authentication) in the foreground, bound to 127.0.0.1 only.
+# Runs the local Event Grid-style broker in the foreground, bound to 127.0.0.1 only: mosquitto 2.0
+# with the fieldgate auth plugin (custom JWT authentication and topic grants) behind
+# quota_proxy.py, which owns the public port and enforces Event Grid's per-session quotas and
+# limits with Event Grid's reason codes (mosquitto's plugin API cannot send them: see README.md).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -9,8 +11,9 @@ usage() {
     cat <<'EOF'
 Usage: deploy/broker/run.sh [options]
 
-Runs mosquitto with the fieldgate JWT auth plugin in the foreground on 127.0.0.1.
-Builds the plugin if needed and creates development keys if there are none.
+Runs mosquitto with the fieldgate JWT auth plugin behind the fieldgate quota proxy, in the
+foreground on 127.0.0.1. Builds the plugin if needed and creates development keys if there are
+none. Every limit's default is Event Grid's documented value (see deploy/broker/README.md).
 
 Options:
   --port N             TCP port (default 1883; 8883 is customary with --tls)
@@ -27,9 +30,30 @@ Options:
   --subscribe-template T same for subscribe (repeatable)
   --tls                listen with TLS 1.2+; creates a dev CA (ca.pem) and a server certificate for
                        127.0.0.1/localhost in the keys directory if missing
-  --runtime-dir DIR    where the generated mosquitto.conf goes (default: a new temporary directory)
+  --runtime-dir DIR    where mosquitto.conf, mosquitto.pid and quota-stats.json go
+                       (default: a new temporary directory)
   --verbose            mosquitto debug logging (every packet and every allowed publish)
   -h, --help           this help
+
+Event Grid quotas and limits (per session = per client id), enforced by the quota proxy:
+  --publish-rate N     inbound publishes per second (default 1000)
+  --byte-rate N        inbound PUBLISH bytes per second (default 1000000)
+  --inflight-messages N  QoS 1 publishes not yet acknowledged (default 1000)
+  --inflight-bytes N   bytes of those publishes (default 65536)
+  --throttle MODE      answer to a publish over a quota above: 'puback' (PUBACK 0x97, the
+                       publish is dropped; QoS 0 ones are dropped silently) or 'disconnect'
+                       (DISCONNECT 0x97) (default puback)
+  --topic-bytes N      longest topic name / filter in bytes (default 256; longer: PUBACK 0x90,
+                       SUBACK 0x8F)
+  --topic-levels N     most topic levels (default 15, the current quota page; older pages say 8)
+  --subscriptions N    subscriptions per session (default 50; more: SUBACK 0x97)
+  --subscribe-rate N   SUBSCRIBE packets per second (default 5; more: SUBACK 0x97)
+  --filters-per-subscribe N  filters in one SUBSCRIBE (default 10; more: SUBACK 0x97 for each)
+  --allow-retain       accept retained publishes (default: refused with DISCONNECT 0x9A)
+  --no-quotas          no proxy: mosquitto listens on --port itself (plugin checks only)
+Token limits, enforced by the plugin (refused with CONNACK 0x87):
+  --max-auth-data N    largest Authentication Data (token) in bytes (default 8192)
+  --max-sub-length N   longest `sub` (authentication name) in characters (default 128)
 EOF
 }
 
@@ -46,6 +70,20 @@ subscribe_templates=()
 tls=false
 runtime_dir=""
 verbose=false
+publish_rate=1000
+byte_rate=1000000
+inflight_messages=1000
+inflight_bytes=65536
+throttle=puback
+topic_bytes=256
+topic_levels=15
+subscriptions=50
+subscribe_rate=5
+filters_per_subscribe=10
+allow_retain=false
+quotas=true
+max_auth_data=8192
+max_sub_length=128
 
 need_value() {
     if [[ $# -lt 2 || -z "$2" ]]; then
@@ -69,6 +107,20 @@ while [[ $# -gt 0 ]]; do
         --tls) tls=true; shift ;;
         --runtime-dir) need_value "$@"; runtime_dir=$2; shift 2 ;;
         --verbose) verbose=true; shift ;;
+        --publish-rate) need_value "$@"; publish_rate=$2; shift 2 ;;
+        --byte-rate) need_value "$@"; byte_rate=$2; shift 2 ;;
+        --inflight-messages) need_value "$@"; inflight_messages=$2; shift 2 ;;
+        --inflight-bytes) need_value "$@"; inflight_bytes=$2; shift 2 ;;
+        --throttle) need_value "$@"; throttle=$2; shift 2 ;;
+        --topic-bytes) need_value "$@"; topic_bytes=$2; shift 2 ;;
+        --topic-levels) need_value "$@"; topic_levels=$2; shift 2 ;;
+        --subscriptions) need_value "$@"; subscriptions=$2; shift 2 ;;
+        --subscribe-rate) need_value "$@"; subscribe_rate=$2; shift 2 ;;
+        --filters-per-subscribe) need_value "$@"; filters_per_subscribe=$2; shift 2 ;;
+        --allow-retain) allow_retain=true; shift ;;
+        --no-quotas) quotas=false; shift ;;
+        --max-auth-data) need_value "$@"; max_auth_data=$2; shift 2 ;;
+        --max-sub-length) need_value "$@"; max_sub_length=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -76,6 +128,20 @@ done
 
 if ! [[ "$port" =~ ^[0-9]+$ ]] || (( port < 1 || port > 65535 )); then
     echo "run.sh: --port must be 1..65535, got '$port'" >&2
+    exit 2
+fi
+for pair in "publish-rate=$publish_rate" "byte-rate=$byte_rate" "inflight-messages=$inflight_messages" \
+        "inflight-bytes=$inflight_bytes" "topic-bytes=$topic_bytes" "topic-levels=$topic_levels" \
+        "subscriptions=$subscriptions" "subscribe-rate=$subscribe_rate" \
+        "filters-per-subscribe=$filters_per_subscribe" "max-auth-data=$max_auth_data" \
+        "max-sub-length=$max_sub_length"; do
+    if ! [[ "${pair#*=}" =~ ^[0-9]+$ ]] || (( ${pair#*=} < 1 )); then
+        echo "run.sh: --${pair%%=*} must be a positive whole number, got '${pair#*=}'" >&2
+        exit 2
+    fi
+done
+if [[ "$throttle" != puback && "$throttle" != disconnect ]]; then
+    echo "run.sh: --throttle must be 'puback' or 'disconnect', got '$throttle'" >&2
     exit 2
 fi
 for value in "$issuer" "$audience" "$method" "$publish_claim" "$subscribe_claim" \
@@ -133,6 +199,13 @@ mkdir -p "$runtime_dir"
 runtime_dir=$(cd "$runtime_dir" && pwd)
 conf="$runtime_dir/mosquitto.conf"
 
+# With the proxy, mosquitto listens on a free loopback port of its own and speaks plain MQTT:
+# the proxy owns --port and terminates TLS.
+mosquitto_port=$port
+if $quotas; then
+    mosquitto_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+fi
+
 {
     echo "# generated by deploy/broker/run.sh"
     # mosquitto started as root would switch to the 'mosquitto' user and lose access to the keys.
@@ -159,11 +232,13 @@ conf="$runtime_dir/mosquitto.conf"
     # mosquitto drops QoS 1 messages queued beyond 1000 for a subscriber that lags; the local broker's
     # subscribers are tests and demos that count every message, so let them lag without losses.
     echo "max_queued_messages 100000"
+    # Event Grid refuses retained publishes unless its retain preview is on: CONNACK says so too.
+    $allow_retain || echo "retain_available false"
     echo
-    echo "listener $port 127.0.0.1"
+    echo "listener $mosquitto_port 127.0.0.1"
     echo "max_qos 1"
     echo "max_topic_alias 10"
-    if $tls; then
+    if $tls && ! $quotas; then
         echo "cafile $keys_dir/ca.pem"
         echo "certfile $keys_dir/server.pem"
         echo "keyfile $keys_dir/server.key"
@@ -176,6 +251,8 @@ conf="$runtime_dir/mosquitto.conf"
     echo "plugin_opt_issuer $issuer"
     echo "plugin_opt_audience $audience"
     echo "plugin_opt_public_key_file $keys_dir/issuer.pem"
+    echo "plugin_opt_max_auth_data $max_auth_data"
+    echo "plugin_opt_max_sub_length $max_sub_length"
     if [[ -n "$second_key" ]]; then
         echo "plugin_opt_public_key_file_2 $(cd "$(dirname "$second_key")" && pwd)/$(basename "$second_key")"
     fi
@@ -190,4 +267,18 @@ scheme=mqtt
 $tls && scheme=mqtts
 echo "run.sh: fieldgate broker on $scheme://127.0.0.1:$port (method $method, issuer $issuer, audience $audience)" >&2
 echo "run.sh: config $conf; public key $keys_dir/issuer.pem; signing key $keys_dir/issuer.key" >&2
-exec mosquitto -c "$conf"
+if ! $quotas; then
+    echo "run.sh: no quota proxy (--no-quotas): mosquitto serves port $port itself" >&2
+    exec mosquitto -c "$conf"
+fi
+proxy=(python3 "$here/quota_proxy.py" --port "$port" --upstream-port "$mosquitto_port"
+    --mosquitto-conf "$conf" --pid-file "$runtime_dir/mosquitto.pid" --stats-file "$runtime_dir/quota-stats.json"
+    --publish-rate "$publish_rate" --byte-rate "$byte_rate" --inflight-messages "$inflight_messages"
+    --inflight-bytes "$inflight_bytes" --throttle "$throttle" --topic-bytes "$topic_bytes"
+    --topic-levels "$topic_levels" --subscriptions "$subscriptions" --subscribe-rate "$subscribe_rate"
+    --filters-per-subscribe "$filters_per_subscribe")
+$allow_retain && proxy+=(--allow-retain)
+$tls && proxy+=(--tls-cert "$keys_dir/server.pem" --tls-key "$keys_dir/server.key")
+echo "run.sh: quota stats $runtime_dir/quota-stats.json; mosquitto on internal port $mosquitto_port" >&2
+# The proxy starts mosquitto as its child and stops it when it stops (also if it is killed).
+exec "${proxy[@]}"

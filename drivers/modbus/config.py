@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from drivers.modbus.codec import DataType, Order, integer_range, register_count
-from gateway.model import DeviceInfo, PointInfo, Value
+from gateway.model import DEFAULT_REPORT_PERIOD, DeviceInfo, PointInfo, Value
 from gateway.schema import SerialLine, Table, read_serial_line
 
 DRIVER = "modbus"
@@ -60,11 +60,6 @@ _NOTATION_TABLE = {
     "3": RegisterTable.INPUT,
     "4": RegisterTable.HOLDING,
 }
-
-
-#: Seconds after which an on-change point is reported although unchanged: a change lost upstream (a
-#: final refusal, an overflow) heals, and a consumer tells "unchanged" from "gateway gone".
-DEFAULT_REPORT_PERIOD = 600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from drivers.modbus.codec import DataType, decode_raw, encode_raw, scale_value, set_bit, unscale_value
+from drivers.modbus.codec import DataType, Order, decode_raw, encode_raw, scale_value, set_bit, unscale_value
 from drivers.modbus.config import (
     Device,
     LinkSettings,
@@ -39,7 +40,7 @@ from gateway.errors import (
     UnknownTarget,
     ValueRefused,
 )
-from gateway.model import CommandReply, Quality, Reading, ReadingSink, Value
+from gateway.model import CommandReply, PointBatch, Quality, Reading, ReadingSink, Value
 
 log = logging.getLogger("fieldgate.modbus")
 
@@ -53,6 +54,79 @@ def decode_point(point: Point, values: Sequence[int] | Sequence[bool], offset: i
     regs = [int(v) for v in values[offset : offset + point.count]]
     raw = decode_raw(regs, point.dtype, point.order, bit=point.bit)
     return scale_value(raw, point.scale, point.offset)
+
+
+class BlockDecoder:
+    """Decodes all points of one read request in one go (the per-cycle fast path).
+
+    Whole blocks of big-endian numeric registers are unpacked by one precompiled ``struct`` and scaled
+    in one loop; bits are picked by offset. Anything else (strings, bits inside registers, swapped byte
+    or word orders, points out of address order) is decoded point by point with :func:`decode_point`.
+    """
+
+    __slots__ = ("_bits", "_block", "_points", "_scales", "names", "req", "units")
+
+    def __init__(self, req: ReadRequest) -> None:
+        self.req = req
+        self.names = tuple(p.name for p in req.points)
+        self.units = tuple(p.unit for p in req.points)
+        self._block: struct.Struct | None = None
+        self._points: struct.Struct | None = None
+        self._bits: tuple[int, ...] | None = None
+        scales = [None if p.scale == 1.0 and p.offset == 0.0 else (p.scale, p.offset) for p in req.points]
+        self._scales: list[tuple[float, float] | None] | None = scales if any(scales) else None
+        if req.table.is_bits:
+            self._bits = tuple(p.address - req.address for p in req.points)
+            return
+        fmt = ">"
+        at = req.address
+        for p in req.points:
+            code = _STRUCT_CODES.get(p.dtype)
+            if code is None or p.address < at or (p.order is not Order.ABCD and p.count > 1):
+                return
+            if p.order.byte_swap:
+                return
+            fmt += "x" * (2 * (p.address - at)) + code
+            at = p.address + p.count
+        fmt += "x" * (2 * (req.address + req.count - at))
+        self._block = struct.Struct(f">{req.count}H")
+        self._points = struct.Struct(fmt)
+
+    def decode(self, values: Sequence[int] | Sequence[bool]) -> tuple[list[Value | None], dict[int, str]]:
+        """The points' engineering values, and the index -> reason of those that could not be decoded."""
+        if self._bits is not None:
+            return [bool(values[o]) for o in self._bits], {}
+        if self._points is not None and self._block is not None and len(values) == self.req.count:
+            try:
+                raws: tuple[float, ...] = self._points.unpack(self._block.pack(*values))
+            except struct.error:
+                pass  # a register out of 0..65535: let the point-by-point path say which
+            else:
+                scales = self._scales
+                if scales is None:
+                    return list(raws), {}
+                return [r if s is None else r * s[0] + s[1] for r, s in zip(raws, scales, strict=True)], {}
+        out: list[Value | None] = []
+        failed: dict[int, str] = {}
+        for i, p in enumerate(self.req.points):
+            try:
+                out.append(decode_point(p, values, p.address - self.req.address))
+            except (ValueError, UnicodeDecodeError, struct.error, IndexError) as exc:
+                out.append(None)
+                failed[i] = str(exc)
+        return out, failed
+
+
+_STRUCT_CODES: dict[DataType, str] = {
+    DataType.INT16: "h",
+    DataType.UINT16: "H",
+    DataType.INT32: "i",
+    DataType.UINT32: "I",
+    DataType.INT64: "q",
+    DataType.UINT64: "Q",
+    DataType.FLOAT32: "f",
+    DataType.FLOAT64: "d",
+}
 
 
 @dataclass(slots=True)
@@ -72,6 +146,18 @@ class DeviceState:
     by_name: dict[str, Point] = field(default_factory=dict)
     #: Per point: the value and quality last reported, and when (monotonic seconds).
     last_emitted: dict[str, tuple[Value | None, Quality, float]] = field(default_factory=dict)
+    #: Per read request (by identity), its block decoder; built on first use.
+    decoders: dict[int, BlockDecoder] = field(default_factory=dict)
+
+    def decoder(self, req: ReadRequest) -> BlockDecoder:
+        dec = self.decoders.get(id(req))
+        if dec is None or dec.req is not req:
+            dec = self.decoders[id(req)] = BlockDecoder(req)
+        return dec
+
+    @property
+    def on_change(self) -> bool:
+        return any(p.on_change for p in self.device.points)
 
 
 class ModbusLinkDriver:
@@ -189,16 +275,20 @@ class ModbusLinkDriver:
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         beat = (st.device.name, group.interval)
+        on_change = st.on_change
         while True:
             self._progress[beat] = time.monotonic()
             delay = next_tick - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             if loop.time() >= st.retry_at:
-                readings = await self._poll_group(link, st, group)
-                readings = self._report_filter(st, readings)
-                if readings:
-                    emit(readings)
+                batch = await self._poll_group(link, st, group)
+                if on_change:
+                    readings = self._report_filter(st, list(batch))
+                    if readings:
+                        emit(readings)
+                elif batch:
+                    emit(batch)
             next_tick += group.interval
             late = loop.time() - next_tick
             if late > 0:
@@ -226,39 +316,47 @@ class ModbusLinkDriver:
                 if attempt > device.retries:
                     raise
 
-    async def _poll_group(self, link: Link, st: DeviceState, group: PollGroup) -> list[Reading]:
+    async def _poll_group(self, link: Link, st: DeviceState, group: PollGroup) -> PointBatch:
+        """One cycle as columns: one timestamp per request, values decoded per register block."""
         device = st.device
-        readings: list[Reading] = []
+        names: list[str] = []
+        units: list[str | None] = []
+        values: list[Value | None] = []
+        stamps: list[float] = []
+        bad: dict[int, tuple[Quality, str | None]] = {}
         dead: DriverError | None = None
         for req in group.requests:
-            if dead is not None:
-                readings.extend(_bad(device, req.points, _short(dead)))
-                continue
-            try:
-                values = await self._read_with_retries(link, device, req)
-            except DeviceRefused as exc:
-                self._note_refused(st, req, exc)
-                readings.extend(_bad(device, req.points, _short(exc)))
-                self._note_alive(st)
-                continue
-            except DriverError as exc:
-                dead = exc
-                readings.extend(_bad(device, req.points, _short(exc)))
+            dec = st.decoder(req)
+            start = len(names)
+            names += dec.names
+            units += dec.units
+            failure: DriverError | None = dead
+            if failure is None:
+                try:
+                    regs = await self._read_with_retries(link, device, req)
+                except DeviceRefused as exc:
+                    self._note_refused(st, req, exc)
+                    self._note_alive(st)
+                    failure = exc
+                except DriverError as exc:
+                    dead = failure = exc
+            ts = time.time()
+            stamps += [ts] * len(dec.names)
+            if failure is not None:
+                values += [None] * len(dec.names)
+                for i in range(start, len(names)):
+                    bad[i] = (Quality.BAD, _short(failure))
                 continue
             self._note_alive(st)
             self._note_refused(st, req, None)
-            ts = time.time()
-            for p in req.points:
-                try:
-                    value = decode_point(p, values, p.address - req.address)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    readings.append(Reading(device.name, p.name, None, p.unit, ts, Quality.BAD, str(exc)))
-                else:
-                    readings.append(Reading(device.name, p.name, value, p.unit, ts))
+            decoded, failed = dec.decode(regs)
+            values += decoded
+            for i, why in failed.items():
+                bad[start + i] = (Quality.BAD, why)
         st.cycles += 1
         if dead is not None:
             self._note_failing(st, dead)
-        return readings
+        return PointBatch(device.name, names, units, values, stamps, bad=bad)
 
     # -- fault bookkeeping (log state changes only) -------------------------------------------------
     def _note_failing(self, st: DeviceState, exc: DriverError) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.model import DeviceInfo, PointInfo
+from gateway.model import DEFAULT_REPORT_PERIOD, DeviceInfo, PointInfo
 from gateway.schema import SerialLine, Table, read_serial_line
 
 Checksum = Literal["none", "nmea", "crc16-modbus", "sum8"]
@@ -172,6 +172,11 @@ class Point:
     unit: str | None = None
     scale: float = 1.0
     offset: float = 0.0
+    #: Reported only when its quality changes or its value moves by more than ``deadband`` from the
+    #: last reported value, and unchanged at least every ``report_period`` seconds.
+    on_change: bool = False
+    deadband: float = 0.0
+    report_period: float = DEFAULT_REPORT_PERIOD
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +445,13 @@ def _parser_fields(parser: ParserSpec | None) -> tuple[frozenset[str] | None, st
     return None, ""
 
 
-def parse_points(owner: Table, parser: ParserSpec | None, *, required: bool) -> tuple[Point, ...]:
+def parse_points(
+    owner: Table,
+    parser: ParserSpec | None,
+    *,
+    required: bool,
+    report_period: float = DEFAULT_REPORT_PERIOD,
+) -> tuple[Point, ...]:
     entries = owner.named_entries("points", what="point")
     if required and not owner.data.get("points"):  # missing or empty; a wrong type is reported already
         owner.problem(
@@ -472,8 +483,29 @@ def parse_points(owner: Table, parser: ParserSpec | None, *, required: bool) -> 
             t.problem("scale", f"a {kind} point takes no scale or offset", scale)
         if scale == 0.0:
             t.problem("scale", "must not be 0", scale)
+        on_change = t.boolean("on_change", False)
+        deadband = t.number("deadband", 0.0, minimum=0.0)
+        if t.has("deadband") and not on_change:
+            t.problem("deadband", "applies only with on_change = true", deadband)
+        elif t.has("deadband") and kind in ("bool", "string"):
+            t.problem("deadband", f"a {kind} point is reported on any change; it takes no deadband", deadband)
+        period = t.optional_number("report_period", positive=True)
+        if period is not None and not on_change:
+            t.problem("report_period", "applies only with on_change = true", period)
         t.finish()
-        points.append(Point(name, field, kind, unit, scale, offset))  # type: ignore[arg-type]
+        points.append(
+            Point(
+                name,
+                field,
+                kind,  # type: ignore[arg-type]
+                unit,
+                scale,
+                offset,
+                on_change=on_change,
+                deadband=deadband,
+                report_period=period if period is not None else report_period,
+            )
+        )
     return tuple(points)
 
 
@@ -498,7 +530,14 @@ def _parse_port(device: Table) -> Port:
     )
 
 
-def parse_device(name: str, device: Table, *, retry_initial: float = 1.0, retry_max: float = 30.0) -> Device:
+def parse_device(
+    name: str,
+    device: Table,
+    *,
+    retry_initial: float = 1.0,
+    retry_max: float = 30.0,
+    report_period: float = DEFAULT_REPORT_PERIOD,
+) -> Device:
     """One ``[devices.<name>]`` table with ``driver = "serial"`` (core keys already consumed)."""
     device.consume("driver", "topic", "batch")
     port = _parse_port(device)
@@ -508,6 +547,8 @@ def parse_device(name: str, device: Table, *, retry_initial: float = 1.0, retry_
     parser = parse_parser(parser_table, device, "parser", None) if parser_table is not None else None
     retry_initial = device.number("retry_initial", retry_initial, positive=True, maximum=3600)
     retry_max = device.number("retry_max", retry_max, positive=True, maximum=3600)
+    # Point, then device, then ``[drivers.serial]``.
+    report_period = device.number("report_period", report_period, positive=True)
     if retry_max < retry_initial:
         device.problem("retry_max", f"must be at least retry_initial ({retry_initial:g})", retry_max)
     points: tuple[Point, ...] = ()
@@ -520,7 +561,7 @@ def parse_device(name: str, device: Table, *, retry_initial: float = 1.0, retry_
             device.problem(
                 "parser", "is required (a table with kind = regex, csv, json, keyvalue, nmea or struct)"
             )
-        points = parse_points(device, parser, required=True)
+        points = parse_points(device, parser, required=True, report_period=report_period)
         if device.has("commands"):
             device.problem("commands", 'only polled devices send commands; set mode = "polled"')
     else:
@@ -540,7 +581,7 @@ def parse_device(name: str, device: Table, *, retry_initial: float = 1.0, retry_
             has_points = bool(ct.data.get("points"))
             if cparser is None and (poll or has_points):
                 ct.problem("parser", "is required here or on the device")
-            cpoints = parse_points(ct, cparser, required=poll)
+            cpoints = parse_points(ct, cparser, required=poll, report_period=report_period)
             ct.finish()
             if poll and cparser is None:
                 cparser = NmeaParser()  # reported above; keeps the spec well-typed
@@ -569,11 +610,16 @@ def parse_device(name: str, device: Table, *, retry_initial: float = 1.0, retry_
 
 def parse_config(section: Table | None, devices: Sequence[tuple[str, Table]]) -> SerialConfig:
     retry_initial, retry_max = 1.0, 30.0
+    report_period = DEFAULT_REPORT_PERIOD
     if section is not None:
         retry_initial = section.number("retry_initial", 1.0, positive=True, maximum=3600)
         retry_max = section.number("retry_max", 30.0, positive=True, maximum=3600)
+        report_period = section.number("report_period", DEFAULT_REPORT_PERIOD, positive=True)
         section.finish()
-    specs = tuple(parse_device(n, t, retry_initial=retry_initial, retry_max=retry_max) for n, t in devices)
+    specs = tuple(
+        parse_device(n, t, retry_initial=retry_initial, retry_max=retry_max, report_period=report_period)
+        for n, t in devices
+    )
     # Each device holds its port exclusively, so two devices on one port would lock each other out.
     owners: dict[str, str] = {}
     for spec, (_, table) in zip(specs, devices, strict=True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import termios
 import time
@@ -23,11 +24,11 @@ from typing import Any
 import serial
 from serial.rs485 import RS485Settings
 
-from drivers.serial.config import Command, Device, LineFraming, ParserSpec, Port
+from drivers.serial.config import Command, Device, LineFraming, ParserSpec, Point, Port
 from drivers.serial.framing import Counters, Frame, Framer, build_framer
 from drivers.serial.parsers import FramePlan, Rejected, build_plan
 from gateway.errors import CommandRefused, DeviceTimeout, DeviceUnavailable, UnknownTarget
-from gateway.model import CommandReply, Reading, ReadingSink, Value
+from gateway.model import CommandReply, Quality, Reading, ReadingSink, Value
 
 log = logging.getLogger("fieldgate.serial")
 
@@ -146,6 +147,48 @@ class _Link:
             self.lost.cancel()
 
 
+class _ReportFilter:
+    """Holds back readings of on-change points that moved no more than their deadband since last
+    reported (same quality), unless their report period has passed since then."""
+
+    def __init__(self, points: Sequence[Point]) -> None:
+        self._points = {p.name: p for p in points if p.on_change}
+        self._last: dict[str, tuple[Value | None, Quality, float]] = {}
+
+    def __call__(self, readings: list[Reading]) -> list[Reading]:
+        if not self._points:
+            return readings
+        out: list[Reading] = []
+        now = time.monotonic()
+        for r in readings:
+            p = self._points.get(r.point)
+            if p is not None:
+                last = self._last.get(r.point)
+                if (
+                    last is not None
+                    and last[1] is r.quality
+                    and now - last[2] < p.report_period
+                    and _unchanged(last[0], r.value, p.deadband)
+                ):
+                    continue
+                self._last[r.point] = (r.value, r.quality, now)
+            out.append(r)
+        return out
+
+
+def _unchanged(old: Value | None, new: Value | None, deadband: float) -> bool:
+    if (
+        isinstance(old, bool)
+        or isinstance(new, bool)
+        or not isinstance(old, int | float)
+        or not isinstance(new, int | float)
+    ):
+        return old == new
+    if math.isnan(old) and math.isnan(new):
+        return True
+    return abs(new - old) <= deadband
+
+
 class SerialDriver:
     """One serial device: ``serial[<name>]``."""
 
@@ -160,6 +203,8 @@ class SerialDriver:
         #: streaming, where reads are driven by the event loop itself and quiet is legitimate.
         self._progress: float | None = None
         self._requests: deque[_Request] = deque()
+        # Kept across reopenings: a point that comes back unchanged after an unplug is not news.
+        self._report = _ReportFilter(spec.all_points)
         self._serving = False
         # Resolved to wake the poll loop when a request comes in; replaced at each wait.
         self._wakeup: asyncio.Future[None] | None = None
@@ -309,8 +354,10 @@ class SerialDriver:
                 if plan is None:
                     continue
                 readings = plan.readings(frame.payload, now)
-                if isinstance(readings, list) and readings:
-                    emit(readings)
+                if isinstance(readings, list):
+                    readings = self._report(readings)
+                    if readings:
+                        emit(readings)
 
         link = _Link(self.name, port, on_data)
         try:
@@ -330,7 +377,7 @@ class SerialDriver:
                         "%s: no frame for %gs; its points are BAD until it talks again", self.name, limit
                     )
                     if plan is not None and plan.points:
-                        emit(plan.all_bad(time.time(), f"no data for {limit:g}s"))
+                        emit(self._report(plan.all_bad(time.time(), f"no data for {limit:g}s")))
                 await asyncio.wait({link.lost}, timeout=limit)
             link.check()
         finally:
@@ -389,7 +436,9 @@ class SerialDriver:
                     link.check()
                     continue  # due now, or a request came in: decide again
                 reply = await self._exchange(port, link, waiting, cmd, framer)
-                emit(self._answer(cmd, plan, reply))
+                answer = self._report(self._answer(cmd, plan, reply))
+                if answer:
+                    emit(answer)
                 due[index] = max(due[index] + cmd.interval, loop.time())
         finally:
             self._serving = False
@@ -516,8 +565,10 @@ class SerialDriver:
             readings = (
                 request.plan.all_bad(now, f"{parsed.value} reply") if isinstance(parsed, Rejected) else parsed
             )
-        if readings:
-            emit(readings)
+        # The asker gets every point it asked for; the uplink only what is news.
+        reported = self._report(readings)
+        if reported:
+            emit(reported)
         text = (
             frame.payload.decode("utf-8", "replace")
             if isinstance(cmd.framing, LineFraming)

@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from gateway import __version__
 from gateway.cli.check_config import cmd_check_config
 from gateway.cli.identity import register as register_identity
+from gateway.cli.probe import register as register_probe
 from gateway.cli.run import cmd_run
 from gateway.cli.status import register as register_status
 from gateway.cli.token import cmd_token
@@ -23,7 +24,11 @@ from gateway.model import CLI_ENTRY_POINT_GROUP
 log = logging.getLogger("fieldgate.cli")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The core's own commands: running one of them loads no plugin's CLI (and so none of its libraries).
+CORE_COMMANDS = ("run", "check-config", "status", "token")
+
+
+def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fieldgate",
         description="Edge gateway: serial and Modbus sensors to one JWT-authenticated MQTT v5 uplink.",
@@ -76,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(handler=cmd_token)
 
     register_identity(sub)
+    register_probe(sub)
 
-    for ep in sorted(entry_points(group=CLI_ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for ep in sorted(entry_points(group=CLI_ENTRY_POINT_GROUP), key=lambda e: e.name) if plugins else ():
         try:
             ep.load()(sub)
         except Exception as exc:  # a broken plugin must not take the whole CLI down
@@ -86,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    first = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(plugins=first not in CORE_COMMANDS)
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:

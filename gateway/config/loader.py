@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from gateway.config.commands import parse_commands
@@ -29,6 +30,7 @@ from gateway.registry import available_drivers, load_driver
 from gateway.schema import NAME_PATTERN, NAME_WHY, Problems, Table, default_of
 
 DEFAULT_TOPIC = "sites/{site}/{gateway}/{device}/telemetry"
+DEFAULT_GATEWAY_TOPIC = "sites/{site}/{gateway}/telemetry"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Keys of a device table that the core reads; the driver plugin gets the rest.
 CORE_DEVICE_KEYS = ("driver", "topic", "batch")
@@ -125,7 +127,29 @@ def _telemetry(table: Table) -> TelemetrySettings:
         reading_queue=table.integer(
             "reading_queue", default_of(TelemetrySettings, "reading_queue"), minimum=1, maximum=10_000_000
         ),
+        format=table.string(
+            "format", default_of(TelemetrySettings, "format"), choices=("default", "compact")
+        ),
+        gateway_batch=table.number(
+            "gateway_batch", default_of(TelemetrySettings, "gateway_batch"), minimum=0, maximum=3600
+        ),
+        gateway_batch_bytes=table.integer(
+            "gateway_batch_bytes",
+            default_of(TelemetrySettings, "gateway_batch_bytes"),
+            minimum=1024,
+            maximum=64_000,
+        ),
     )
+    text = table.string("gateway_topic", DEFAULT_GATEWAY_TOPIC)
+    if result.gateway_batch > 0:
+        if result.format != "compact":
+            table.problem("gateway_batch", 'needs format = "compact"', result.gateway_batch)
+        try:
+            topic = compile_template(text, ("gateway", "site"))
+        except TemplateError as exc:
+            table.problem("gateway_topic", str(exc), text)
+            topic = compile_template(DEFAULT_GATEWAY_TOPIC, ("gateway", "site"))
+        result = replace(result, gateway_topic=topic)
     table.finish()
     return result
 

@@ -42,6 +42,16 @@ class TelemetrySettings:
     qos: int = 1
     #: Bound of the queue between drivers and router, in poll cycles; the oldest is dropped when full.
     reading_queue: int = 10_000
+    #: "default": the documented JSON; "compact": short keys, good quality implied, no units
+    #: (``gateway/pipeline/compact-payload.schema.json``).
+    format: str = "default"
+    #: Seconds; > 0 (compact only): one message per interval carrying every device that polled in it.
+    gateway_batch: float = 0.0
+    #: Topic of the gateway-level batch (variables: {gateway}, {site}).
+    gateway_topic: TopicTemplate | None = None
+    #: Payload bound of one gateway-level batch: under Event Grid's 64 KB in-flight bandwidth, so one
+    #: message never blocks the window on its own (the packet limit, 512 KiB, is larger).
+    gateway_batch_bytes: int = 48 * 1024
 
 
 @dataclass(frozen=True, slots=True)

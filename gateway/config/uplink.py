@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from gateway.config.limits import audience_problem, subject_problem, topic_problem
+from gateway.config.limits import (
+    DEFAULT_LIMITS,
+    LimitsConfig,
+    audience_problem,
+    parse_limits,
+    subject_problem,
+    topic_problem,
+)
 from gateway.config.permissions import PermissionsConfig, parse_permissions
 from gateway.schema import Secret, Table, default_of
 
@@ -191,6 +198,8 @@ class UplinkConfig:
     allow_retain: bool = False
     #: None: topics are not checked before sending (no ``[uplink.permissions]``).
     permissions: PermissionsConfig | None = None
+    #: ``[uplink.limits]``: the broker's quotas the uplink shapes itself to.
+    limits: LimitsConfig = DEFAULT_LIMITS
 
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -458,6 +467,7 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
     )
     permissions_table = table.table("permissions")
     permissions = parse_permissions(permissions_table) if permissions_table is not None else None
+    limits = parse_limits(table.table_or_empty("limits"))
 
     token_table = table.table("token", required=True)
     token: TokenConfig
@@ -489,4 +499,5 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
         will=will,
         allow_retain=allow_retain,
         permissions=permissions,
+        limits=limits,
     )

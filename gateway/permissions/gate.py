@@ -32,6 +32,7 @@ from gateway.model import (
     MessageSink,
     PublishOutcome,
     PublishResult,
+    UplinkStats,
 )
 
 log = logging.getLogger("fieldgate.permissions")
@@ -141,11 +142,11 @@ class PermissionGate:
         return len(self._held) + len(self._releasing)
 
     @property
-    def stats(self) -> object | None:
+    def stats(self) -> UplinkStats | None:
         """The inner sink's figures (the uplink session's) plus the messages this gate kept from it."""
-        inner = getattr(self._inner, "stats", None)
-        if inner is None or not dataclasses.is_dataclass(inner) or isinstance(inner, type):
-            return inner
+        inner = self._inner.stats
+        if inner is None:
+            return None
         return dataclasses.replace(inner, permission_denials=sum(self.denied.values()))
 
     def stats_text(self) -> str:

@@ -2,7 +2,9 @@
 
     drivers --emit--> ReadingQueue --router task--> store --pump task--> sink
 
-The pump keeps a window of messages in flight and settles each by its outcome (ack, release, drop).
+The pump keeps a window of messages in flight and settles each by its outcome: delivered or refused for
+good (ack), lost with the connection or refused for now (release: resent first), or resent
+``max_attempts`` times already (moved to the store's dead letters, so it cannot block the queue).
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from gateway.model import Message, MessageSink, PublishOutcome, PublishResult
+from gateway.config.limits import DEFAULT_LIMITS
+from gateway.model import Message, MessageSink, PublishOutcome, PublishResult, UplinkStats
 from gateway.store import Store
 
 log = logging.getLogger("fieldgate.pipeline")
+
+#: Keep this many distinct topics for "log a dead letter once per topic"; beyond it, debug level.
+_MAX_REMEMBERED_TOPICS = 1024
 
 
 @dataclass
@@ -28,31 +34,76 @@ class PumpCounters:
     set_aside: int = 0
     #: Message ids whose send raised once (the pump task restarts; a second failure sets it aside).
     suspects: set[int] = field(default_factory=set)
+    #: Sends the broker answered with a refusal that is not final (0x97 quota exceeded, ...): resent.
+    retried: int = 0
+    #: Messages moved to the store's dead letters after ``max_attempts`` sends.
+    dead_lettered: int = 0
 
 
-async def pump_forever(store: Store, sink: MessageSink, counters: PumpCounters) -> None:
+async def pump_forever(
+    store: Store,
+    sink: MessageSink,
+    counters: PumpCounters,
+    *,
+    max_attempts: int = DEFAULT_LIMITS.max_attempts,
+) -> None:
     """The store pump: oldest first into the sink; outcomes come back as acks or releases.
 
+    A message that came back LOST or RETRY ``max_attempts`` times goes to the store's dead letters.
     It also tells the store whether the uplink delivers (sink-agnostic: from the outcomes, and from a
     send that has waited ``store.down_after`` seconds for room), which the store's ``outage`` mode uses.
     """
 
-    def settle(message_id: int, future: asyncio.Future[PublishResult]) -> None:
+    #: Failed sends (LOST or RETRY) per message id still in the queue; at most the store's size.
+    failures: dict[int, int] = {}
+    logged_topics: set[str] = set()
+
+    def move_aside(message_id: int, message: Message, result: PublishResult, attempts: int) -> None:
+        counters.dead_lettered += 1
+        code = f"0x{result.reason_code:02X} " if result.reason_code is not None else ""
+        why = f"{code}{result.reason}".strip() or result.outcome.value
+        store.dead_letter(message_id, f"{result.outcome.value} {attempts} times, last: {why}")
+        level = logging.DEBUG if message.topic in logged_topics else logging.WARNING
+        if len(logged_topics) < _MAX_REMEMBERED_TOPICS:
+            logged_topics.add(message.topic)
+        log.log(
+            level,
+            "message seq %d to %r moved to the store's dead letters after %d sends (last: %s);"
+            " further ones for this topic: debug level",
+            message.seq,
+            message.topic,
+            attempts,
+            why,
+        )
+
+    def settle(message_id: int, message: Message, future: asyncio.Future[PublishResult]) -> None:
         if future.cancelled():
             store.release(message_id)
             return
         result = future.result()
         if result.outcome is PublishOutcome.DELIVERED:
+            failures.pop(message_id, None)
             counters.delivered += 1
             store.link_up()
             store.ack(message_id)
-        elif result.outcome is PublishOutcome.REFUSED:
+            return
+        if result.outcome is PublishOutcome.REFUSED:
             # Final: the sink has counted and logged it with its topic; resending cannot help.
+            failures.pop(message_id, None)
             counters.refused += 1
             store.ack(message_id)
-        else:
+            return
+        if result.outcome is PublishOutcome.LOST:
             counters.lost += 1
             store.link_down()
+        else:
+            # Refused for now (throttled): the link works, the sink has slowed down; send it again.
+            counters.retried += 1
+        attempts = failures.pop(message_id, 0) + 1
+        if attempts >= max_attempts:
+            move_aside(message_id, message, result, attempts)
+        else:
+            failures[message_id] = attempts
             store.release(message_id)
 
     loop = asyncio.get_running_loop()
@@ -82,9 +133,10 @@ async def pump_forever(store: Store, sink: MessageSink, counters: PumpCounters) 
                     raise
                 counters.suspects.discard(message_id)
                 counters.set_aside += 1
-                store.ack(message_id)
+                # Kept, not dropped: the dead letters hold it for an operator to look at.
+                store.dead_letter(message_id, "the uplink failed on it twice")
                 log.exception(
-                    "message seq %d to %r failed to send twice: set aside (dropped, counted %d)",
+                    "message seq %d to %r failed to send twice: set aside in the dead letters (%d so far)",
                     message.seq,
                     message.topic,
                     counters.set_aside,
@@ -93,7 +145,7 @@ async def pump_forever(store: Store, sink: MessageSink, counters: PumpCounters) 
             finally:
                 sending_since = None
             counters.suspects.discard(message_id)
-            future.add_done_callback(lambda f, i=message_id: settle(i, f))  # type: ignore[misc]
+            future.add_done_callback(lambda f, i=message_id, m=message: settle(i, m, f))  # type: ignore[misc]
     finally:
         watcher.cancel()
 
@@ -108,6 +160,10 @@ class DryRunSink:
 
     async def run(self) -> None:
         await asyncio.Event().wait()
+
+    @property
+    def stats(self) -> UplinkStats | None:
+        return None  # nothing is sent anywhere: ``sent`` is all there is to count
 
     async def send(self, message: Message) -> asyncio.Future[PublishResult]:
         self.sent += 1

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.model import Quality, Reading, clean_reading
+from gateway.model import PointBatch, Quality, Reading, clean_batch, clean_reading
 from gateway.pipeline.router import Router
 from gateway.store import Store
 
@@ -54,37 +54,57 @@ class ReadingQueue:
         if not readings:
             return
         # The boundary to the drivers: whatever a device sent is made safe to encode here, once.
-        cleaned = [clean_reading(r) for r in readings]
-        counters = self.devices.get(cleaned[0].device)
+        repaired: list[tuple[str, object, object, Quality]] = []
+        if isinstance(readings, PointBatch):
+            for index, sent in clean_batch(readings):
+                quality = readings.bad.get(index, (Quality.GOOD, None))[0]
+                repaired.append((readings.names[index], sent, readings.values[index], quality))
+        else:
+            cleaned = [clean_reading(r) for r in readings]
+            repaired = [
+                (new.point, old.value, new.value, new.quality)
+                for old, new in zip(readings, cleaned, strict=True)
+                if old is not new
+            ]
+            readings = cleaned
+        device = readings.device if isinstance(readings, PointBatch) else readings[0].device
+        counters = self.devices.get(device)
         if counters is None:
-            counters = self.devices[cleaned[0].device] = DeviceCounters()
-        repaired = [(old, new) for old, new in zip(readings, cleaned, strict=True) if old is not new]
+            counters = self.devices[device] = DeviceCounters()
         if repaired:
             if not counters.repaired:
-                old, new = repaired[0]
+                point, was, published, quality = repaired[0]
                 log.warning(
                     "%s: point %s sent %s; published as %r (%s), counted as repaired (logged once a device)",
-                    new.device,
-                    new.point,
+                    device,
+                    point,
                     "a value that is not a finite number"
-                    if new.value is None and old.value is not None
+                    if published is None and was is not None
                     else "text that is not valid Unicode",
-                    new.value,
-                    new.quality.value,
+                    published,
+                    quality.value,
                 )
             counters.repaired += len(repaired)
-        readings = cleaned
         counters.cycles += 1
         counters.readings += len(readings)
         failing = 0
-        for reading in readings:
-            if reading.quality is Quality.BAD:
-                failing += 1
-                counters.last_error = f"{reading.point}: {reading.reason or 'no value'}"
-                counters.last_error_at = reading.timestamp
+        if isinstance(readings, PointBatch):
+            # The fast path: only the points that are not good are looked at.
+            for index, (quality, reason) in readings.bad.items():
+                if quality is Quality.BAD:
+                    failing += 1
+                    counters.last_error = f"{readings.names[index]}: {reason or 'no value'}"
+                    counters.last_error_at = readings.stamps[index]
+            counters.last_reading = readings.stamps[-1]
+        else:
+            for reading in readings:
+                if reading.quality is Quality.BAD:
+                    failing += 1
+                    counters.last_error = f"{reading.point}: {reading.reason or 'no value'}"
+                    counters.last_error_at = reading.timestamp
+            counters.last_reading = readings[-1].timestamp
         counters.bad += failing
         counters.failing = failing
-        counters.last_reading = readings[-1].timestamp
         if len(self._cycles) >= self.max_cycles:
             self._cycles.popleft()
             self.dropped += 1
@@ -157,8 +177,20 @@ def route_cycle(readings: Sequence[Reading], router: Router, store: Store, set_a
 async def route_forever(queue: ReadingQueue, router: Router, store: Store, set_aside: SetAside) -> None:
     """The router task: poll cycles in, messages into the store."""
     while True:
-        readings = await queue.get()
-        route_cycle(readings, router, store, set_aside)
+        wait = router.batch_wait()
+        if wait is None:
+            readings: Sequence[Reading] | None = await queue.get()
+        else:
+            # A gateway-level batch is filling: wake up when it is due even if no device polls.
+            try:
+                async with asyncio.timeout(wait):
+                    readings = await queue.get()
+            except TimeoutError:
+                readings = None
+        if readings is not None:
+            route_cycle(readings, router, store, set_aside)
+        for message in router.flush_due():
+            store.append(message)
         # Let drivers and the pump run between cycles even when the queue is long.
         await asyncio.sleep(0)
 
@@ -169,4 +201,6 @@ def route_pending(queue: ReadingQueue, router: Router, store: Store, set_aside: 
     while (readings := queue.get_nowait()) is not None:
         route_cycle(readings, router, store, set_aside)
         count += 1
+    for message in router.flush():
+        store.append(message)
     return count

@@ -16,17 +16,26 @@ A reading that is not good carries ``"reason"``; a value that is not a finite nu
 (``gateway.model.clean_reading``, the rule command responses follow too); a point sampled at another
 moment than the message's ``ts`` carries its own ``"ts"``. A message routed while the wall clock is not
 set yet (``gateway.pipeline.clock``) carries ``"clock": "unsynced"``; otherwise there is no such key.
+
+``format = "compact"`` (opt-in) writes ``compact-payload.schema.json`` instead, and ``gateway_batch``
+(compact only) gathers every device that polled in an interval into one message; see README.md.
+
+A :class:`PointBatch` (the drivers' per-cycle fast path) is encoded from its columns: the JSON text is
+assembled from per-point fragments cached by name and unit, with no dictionary per point. The text is
+the one ``json`` would write for the same readings.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.config.model import DeviceRoute
-from gateway.model import Message, Quality, Reading, clean_reading
+from gateway.config.model import DeviceRoute, TelemetrySettings
+from gateway.model import NOT_FINITE, Message, PointBatch, Quality, Reading, clean_reading, json_value
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -45,6 +54,27 @@ def _point_body(reading: Reading, ts: float) -> dict[str, object]:
     return body
 
 
+def _value_text(value: object) -> str:
+    # The text json writes: ints and finite floats by their repr (bool is not an int here).
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    return _encode(json_value(value))
+
+
+def _columns(
+    readings: Sequence[Reading],
+) -> tuple[Sequence[str], Sequence[object], Sequence[float], dict[int, tuple[Quality, str | None]]]:
+    """Names, values, timestamps and the not-good points of a cycle, from either form."""
+    if isinstance(readings, PointBatch):
+        return readings.names, readings.values, readings.stamps, readings.bad
+    bad: dict[int, tuple[Quality, str | None]] = {
+        i: (r.quality, r.reason) for i, r in enumerate(readings) if r.quality is not Quality.GOOD
+    }
+    return [r.point for r in readings], [r.value for r in readings], [r.timestamp for r in readings], bad
+
+
 @dataclass
 class RouterCounters:
     readings: int = 0
@@ -55,7 +85,14 @@ class RouterCounters:
 
 class Router:
     def __init__(
-        self, gateway_id: str, site: str, routes: Iterable[DeviceRoute], qos: int, *, first_seq: int = 1
+        self,
+        gateway_id: str,
+        site: str,
+        routes: Iterable[DeviceRoute],
+        qos: int,
+        *,
+        first_seq: int = 1,
+        telemetry: TelemetrySettings | None = None,
     ):
         self.gateway_id = gateway_id
         self.site = site
@@ -66,7 +103,32 @@ class Router:
         self.clock_synced: Callable[[], bool] | None = None
         self._routes: dict[str, DeviceRoute] = {}
         self._topics: dict[tuple[str, str], str] = {}
+        self._gateway_json = _encode(gateway_id)
+        #: '"name":{"value":' by point name, and ',"unit":..,"quality":"good"' by unit.
+        self._heads: dict[str, str] = {}
+        self._tails: dict[str | None, str] = {}
+        self._names: dict[str, str] = {}
+        self.compact = False
+        self.gateway_batch = 0.0
+        self._batch_topic = ""
+        self._batch_bytes = 48 * 1024
+        #: The gateway-level batch being filled: (device entry JSON text, its newest timestamp).
+        self._pending: list[tuple[str, float]] = []
+        self._pending_bytes = 0
+        self._pending_since = 0.0
         self.set_routes(routes)
+        if telemetry is not None:
+            self.set_telemetry(telemetry)
+
+    def set_telemetry(self, telemetry: TelemetrySettings) -> None:
+        """Payload format and gateway-level batching (``[telemetry]``)."""
+        self.compact = telemetry.format == "compact"
+        self.gateway_batch = telemetry.gateway_batch if self.compact else 0.0
+        self._batch_bytes = telemetry.gateway_batch_bytes
+        if telemetry.gateway_topic is not None:
+            self._batch_topic = telemetry.gateway_topic.render(
+                {"gateway": self.gateway_id, "site": self.site}
+            )
 
     def set_routes(self, routes: Iterable[DeviceRoute]) -> None:
         self._routes = {route.device.name: route for route in routes}
@@ -118,7 +180,12 @@ class Router:
             self.counters.unrouted += len(readings)
             return []
         self.counters.readings += len(readings)
-        if route.batch:
+        if self.compact:
+            return self._route_compact(route, readings)
+        if route.batch and isinstance(readings, PointBatch):
+            ts = readings.timestamp
+            messages = [self._message_text(route, self.topic(route), ts, self._points_text(readings, ts))]
+        elif route.batch:
             ts = max(r.timestamp for r in readings)
             messages = [
                 self._message(
@@ -132,6 +199,162 @@ class Router:
                 messages.append(self._message(route, self.topic(route, r.point), r.timestamp, body))
         self.counters.messages += len(messages)
         return messages
+
+    # -- the default format from columns -----------------------------------------------------------
+    def _points_text(self, batch: PointBatch, ts: float) -> str:
+        heads, tails, bad = self._heads, self._tails, batch.bad
+        isfinite, float_repr, int_repr = math.isfinite, float.__repr__, int.__repr__
+        parts: list[str] = []
+        for i, (name, unit, value, stamp) in enumerate(
+            zip(batch.names, batch.units, batch.values, batch.stamps, strict=True)
+        ):
+            if bad and i in bad:
+                parts.append(f"{self._name(name)}:{_encode(_point_body(batch[i], ts))}")
+                continue
+            head = heads.get(name)
+            if head is None:
+                head = heads[name] = f'{self._name(name)}:{{"value":'
+            tail = tails.get(unit)
+            if tail is None:
+                unit_text = "" if unit is None else f',"unit":{_encode(unit)}'
+                tail = tails[unit] = f'{unit_text},"quality":"good"'
+            end = "}" if stamp == ts else f',"ts":{_value_text(stamp)}}}'
+            # _value_text inlined for the two common kinds: this loop runs once per reading.
+            kind = type(value)
+            if kind is float and isfinite(value):  # type: ignore[arg-type]
+                text = float_repr(value)
+            elif kind is int:
+                text = int_repr(value)
+            elif kind is float or kind is str:
+                # NaN, infinities and text take the one rule of the slow path (clean_reading).
+                parts.append(f"{self._name(name)}:{_encode(_point_body(batch[i], ts))}")
+                continue
+            else:
+                text = _value_text(value)
+            parts.append(head + text + tail + end)
+        return '"points":{' + ",".join(parts) + "}"
+
+    def _name(self, name: str) -> str:
+        text = self._names.get(name)
+        if text is None:
+            text = self._names[name] = _encode(name)
+        return text
+
+    def _clock_text(self) -> str:
+        """``,"clock":"unsynced"`` while the wall clock is not set yet, else nothing."""
+        if self.clock_synced is not None and not self.clock_synced():
+            return ',"clock":"unsynced"'
+        return ""
+
+    def _message_text(self, route: DeviceRoute, topic: str, ts: float, body: str) -> Message:
+        seq = self.next_seq
+        self.next_seq += 1
+        device = route.device.name
+        payload = (
+            f'{{"seq":{seq},"gateway":{self._gateway_json},"device":{self._name(device)},'
+            f'"ts":{_value_text(ts)},{body}{self._clock_text()}}}'
+        )
+        return Message(
+            topic=topic, payload=payload.encode(), qos=self.qos, seq=seq, timestamp=ts, device=device
+        )
+
+    # -- the compact format ------------------------------------------------------------------------
+    def _device_entry(
+        self, device: str, readings: Sequence[Reading], indices: Iterable[int], ts: float
+    ) -> str:
+        """``{"n":device,"p":{..},"pt":{..},"q":{..}`` (open: the caller closes it, maybe after a "t")."""
+        names, values, stamps, bad = _columns(readings)
+        name_text = self._name
+        p: list[str] = []
+        pt: list[str] = []
+        q: list[str] = []
+        for i in indices:
+            key = name_text(names[i])
+            p.append(f"{key}:{_value_text(values[i])}")
+            if stamps[i] != ts:
+                pt.append(f"{key}:{_value_text(stamps[i])}")
+            if bad and i in bad:
+                quality, reason = bad[i]
+                q.append(f"{key}:{_encode([quality.value, reason] if reason else [quality.value])}")
+            elif type(values[i]) is float and not math.isfinite(values[i]):  # type: ignore[arg-type]
+                # The one rule for numbers JSON cannot carry: null, bad (as clean_reading writes it).
+                q.append(f"{key}:{_encode([Quality.BAD.value, f'{NOT_FINITE} ({values[i]})'])}")
+        text = f'{{"n":{name_text(device)},"p":{{{",".join(p)}}}'
+        if pt:
+            text += f',"pt":{{{",".join(pt)}}}'
+        if q:
+            text += f',"q":{{{",".join(q)}}}'
+        return text
+
+    def _compact_message(self, topic: str, ts: float, entries: Sequence[str], device: str) -> Message:
+        seq = self.next_seq
+        self.next_seq += 1
+        payload = (
+            f'{{"s":{seq},"g":{self._gateway_json},"t":{_value_text(ts)},"d":[{",".join(entries)}]'
+            f"{self._clock_text()}}}"
+        )
+        return Message(
+            topic=topic, payload=payload.encode(), qos=self.qos, seq=seq, timestamp=ts, device=device
+        )
+
+    def _route_compact(self, route: DeviceRoute, readings: Sequence[Reading]) -> list[Message]:
+        device = route.device.name
+        stamps = readings.stamps if isinstance(readings, PointBatch) else [r.timestamp for r in readings]
+        messages: list[Message] = []
+        if not route.batch:
+            for i in range(len(readings)):
+                entry = self._device_entry(device, readings, (i,), stamps[i]) + "}"
+                point = readings.names[i] if isinstance(readings, PointBatch) else readings[i].point
+                messages.append(self._compact_message(self.topic(route, point), stamps[i], [entry], device))
+        elif self.gateway_batch > 0:
+            ts = max(stamps)
+            entry = self._device_entry(device, readings, range(len(readings)), ts)
+            entry += f',"t":{_value_text(ts)}}}'
+            # Room for the envelope: {"s":..,"g":..,"t":..,"d":{..}}
+            size = len(entry.encode()) + 1
+            if self._pending and self._pending_bytes + size > self._batch_bytes - 96 - len(
+                self._gateway_json
+            ):
+                messages.append(self._flush())
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append((entry, ts))
+            self._pending_bytes += size
+        else:
+            ts = max(stamps)
+            entry = self._device_entry(device, readings, range(len(readings)), ts) + "}"
+            messages.append(self._compact_message(self.topic(route), ts, [entry], device))
+        self.counters.messages += len(messages)
+        return messages
+
+    def _flush(self) -> Message:
+        entries, stamps = zip(*self._pending, strict=True)
+        self._pending = []
+        self._pending_bytes = 0
+        ts = max(stamps)
+        # A device entry whose "t" equals the message's needs none: drop the redundant key.
+        suffix = f',"t":{_value_text(ts)}}}'
+        trimmed = [e[: -len(suffix)] + "}" if e.endswith(suffix) else e for e in entries]
+        return self._compact_message(self._batch_topic, ts, trimmed, "")
+
+    # -- the gateway-level batch -------------------------------------------------------------------
+    def batch_wait(self) -> float | None:
+        """Seconds until the pending gateway-level batch is due; None when nothing waits."""
+        if not self._pending:
+            return None
+        return max(0.0, self._pending_since + self.gateway_batch - time.monotonic())
+
+    def flush_due(self) -> list[Message]:
+        """The gateway-level batch, when its interval is over."""
+        wait = self.batch_wait()
+        return self.flush() if wait is not None and wait <= 0 else []
+
+    def flush(self) -> list[Message]:
+        """The gateway-level batch now, whatever its age (shutdown, benchmarks)."""
+        if not self._pending:
+            return []
+        self.counters.messages += 1
+        return [self._flush()]
 
     def _message(self, route: DeviceRoute, topic: str, ts: float, body: dict[str, object]) -> Message:
         seq = self.next_seq

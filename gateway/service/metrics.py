@@ -121,6 +121,11 @@ class SnapshotCollector:
             "fieldgate_store_dropped", "Messages dropped by the store's overflow policy", p.store_dropped
         )
         yield gauge("fieldgate_store_disk_messages", "Messages in the store's file", p.store_disk_messages)
+        yield counter(
+            "fieldgate_store_dead_letters",
+            "Messages moved aside after the broker kept refusing them (the store's dead letters)",
+            p.store_dead_letters,
+        )
         yield gauge(
             "fieldgate_store_disk_bytes", "Bytes of the store's file (with its WAL)", p.store_disk_bytes
         )
@@ -177,6 +182,24 @@ class SnapshotCollector:
         pubacks.add_metric(["lost"], u.lost)
         yield pubacks
         yield gauge("fieldgate_uplink_inflight", "PUBLISHes awaiting PUBACK", u.inflight)
+        yield gauge("fieldgate_uplink_inflight_bytes", "PUBLISH bytes awaiting PUBACK", u.inflight_bytes)
+        yield gauge(
+            "fieldgate_uplink_inflight_bytes_peak",
+            "Most PUBLISH bytes awaiting PUBACK",
+            u.peak_inflight_bytes,
+        )
+        yield gauge(
+            "fieldgate_uplink_allowed_rate", "Publishes per second the shaping allows now", u.allowed_rate
+        )
+        yield gauge("fieldgate_uplink_send_rate", "Publishes per second sent lately", u.send_rate)
+        yield counter(
+            "fieldgate_uplink_throttled",
+            "Throttling answers from the broker (PUBACK or DISCONNECT 0x97, 0x80, 0x83)",
+            u.throttled,
+        )
+        yield counter(
+            "fieldgate_uplink_retried", "PUBACKs refusing a message for now (kept and resent)", u.retried
+        )
         refreshes = CounterMetricFamily(
             "fieldgate_token_refreshes", "In-session token refreshes (AUTH)", labels=["result"]
         )

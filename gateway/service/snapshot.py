@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from gateway.model import json_value
+from gateway.model import MessageSink, json_value
+from gateway.pipeline.pump import DryRunSink
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -47,6 +48,14 @@ class UplinkStatus:
     inflight: int = 0
     #: PUBACKs "not authorized" and local refusals by the permission check (0 until it exists).
     permission_denials: int = 0
+    #: Shaping ([uplink.limits]): publishes/s allowed now, throttling answers (0x97/0x80/0x83), PUBACKs
+    #: that asked for a resend, PUBLISH bytes in flight (and their peak), publishes/s sent lately.
+    allowed_rate: float = 0.0
+    throttled: int = 0
+    retried: int = 0
+    inflight_bytes: int = 0
+    peak_inflight_bytes: int = 0
+    send_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,9 @@ class PipelineStatus:
     store_disk_bytes: int = 0
     #: The durable store could not use its file and keeps messages in memory only.
     store_degraded: bool = False
+    #: Sends refused for now by the broker and resent; messages moved to the store's dead letters.
+    retried: int = 0
+    store_dead_letters: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,38 +175,31 @@ def _json_safe(node: object) -> object:
     return json_value(node)
 
 
-def _stat(stats: object, name: str) -> float | None:
-    value = getattr(stats, name, None)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value
-
-
-def _count(stats: object, name: str) -> int:
-    value = _stat(stats, name)
-    return int(value) if value is not None else 0
-
-
-def uplink_status(sink: object) -> UplinkStatus:
-    """Figures of the sink's optional ``stats`` (the uplink has them; the dry run has none)."""
-    stats = getattr(sink, "stats", None)
+def uplink_status(sink: MessageSink) -> UplinkStatus:
+    """The sink's figures: the uplink's typed stats, or what a dry run printed."""
+    stats = sink.stats
     if stats is None:
-        return UplinkStatus(kind="dry-run", published=_count(sink, "sent"))
-    connected = getattr(stats, "connected", None)
+        return UplinkStatus(kind="dry-run", published=sink.sent if isinstance(sink, DryRunSink) else 0)
     return UplinkStatus(
         kind="mqtt",
-        connected=connected if isinstance(connected, bool) else None,
-        connected_since=_stat(stats, "connected_since"),
-        connects=_count(stats, "connects"),
-        refreshes_ok=_count(stats, "refreshes_ok"),
-        refreshes_failed=_count(stats, "refreshes_failed"),
-        token_expires_at=_stat(stats, "token_expires_at"),
-        published=_count(stats, "published"),
-        delivered=_count(stats, "delivered"),
-        refused=_count(stats, "refused"),
-        lost=_count(stats, "lost"),
-        inflight=_count(stats, "inflight"),
-        permission_denials=_count(stats, "permission_denials"),
+        connected=stats.connected,
+        connected_since=stats.connected_since,
+        connects=stats.connects,
+        refreshes_ok=stats.refreshes_ok,
+        refreshes_failed=stats.refreshes_failed,
+        token_expires_at=stats.token_expires_at,
+        published=stats.published,
+        delivered=stats.delivered,
+        refused=stats.refused,
+        lost=stats.lost,
+        inflight=stats.inflight,
+        permission_denials=stats.permission_denials,
+        allowed_rate=stats.allowed_rate,
+        throttled=stats.throttled,
+        retried=stats.retried,
+        inflight_bytes=stats.inflight_bytes,
+        peak_inflight_bytes=stats.peak_inflight_bytes,
+        send_rate=stats.send_rate,
     )
 
 
@@ -250,6 +255,8 @@ def take_snapshot(
             store_disk_messages=store.disk_messages,
             store_disk_bytes=store.disk_bytes,
             store_degraded=store.degraded,
+            retried=pump.retried,
+            store_dead_letters=store.dead_letters,
         ),
         devices=devices,
         stuck=stuck,
@@ -329,11 +336,20 @@ def format_status(snap: Snapshot, now: float, out: TextIO) -> None:
             f"  published {u.published}: delivered {u.delivered}, refused {u.refused}, lost {u.lost}; "
             f"in flight {u.inflight}; permission denials {u.permission_denials}\n"
         )
+        out.write(
+            f"  sending {u.send_rate:.1f}/s, allowed {u.allowed_rate:.1f}/s; throttled {u.throttled}, "
+            f"resent {u.retried}; {u.inflight_bytes} bytes in flight (peak {u.peak_inflight_bytes})\n"
+        )
     p = snap.pipeline
     out.write(
         f"pipeline: {p.readings} readings ({p.readings_per_second:.1f}/s), {p.messages} messages, "
         f"{p.delivered} delivered, {p.refused} refused, {p.resent} resent\n"
     )
+    if p.retried or p.store_dead_letters:
+        out.write(
+            f"  throttled and resent {p.retried}; DEAD LETTERS {p.store_dead_letters} (refused too often,"
+            " kept aside in the store)\n"
+        )
     out.write(
         f"  reading queue {p.reading_queue}/{p.reading_queue_max} (dropped {p.reading_queue_dropped}), "
         f"store {p.store_depth}/{p.store_max} (in flight {p.store_in_flight}, dropped {p.store_dropped})\n"

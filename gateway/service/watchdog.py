@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.model import Driver, Heartbeat
+from gateway.model import Driver, Heartbeat, MessageSink
 from gateway.pipeline.queue import ReadingQueue
 from gateway.pipeline.router import Router
 from gateway.store import StoreStats
@@ -53,7 +53,7 @@ class WatchedGateway(Protocol):
     def store(self) -> StoreView: ...
 
     @property
-    def sink(self) -> object: ...
+    def sink(self) -> MessageSink: ...
 
     @property
     def running_drivers(self) -> list[Driver]: ...
@@ -74,13 +74,10 @@ class _Progress:
         return now - self.since
 
 
-def sink_connected(sink: object) -> bool:
+def sink_connected(sink: MessageSink) -> bool:
     """True when the sink says it is connected, or has no notion of a connection (the dry run)."""
-    stats = getattr(sink, "stats", None)
-    if stats is None:
-        return True
-    connected = getattr(stats, "connected", True)
-    return bool(connected)
+    stats = sink.stats
+    return True if stats is None else stats.connected
 
 
 class Liveness:

@@ -32,6 +32,9 @@ class StoreStats:
     disk_bytes: int = 0
     #: True while a durable store keeps messages in memory only (the disk cannot be written).
     degraded: bool = False
+    #: Messages moved aside after the broker kept refusing them (or they kept ending the connection):
+    #: the SQLite store's ``dead_letters`` table, the memory store's bounded list.
+    dead_letters: int = 0
 
 
 class Store(Protocol):
@@ -66,6 +69,10 @@ class Store(Protocol):
     def ack(self, message_id: int) -> None: ...
 
     def release(self, message_id: int) -> None: ...
+
+    def dead_letter(self, message_id: int, reason: str) -> None:
+        """Move an in-flight message aside for good (it was resent too often); it never blocks the queue."""
+        ...
 
     def link_up(self) -> None:
         """The uplink delivers again (the pump saw a DELIVERED outcome)."""

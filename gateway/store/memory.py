@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 from gateway.model import Message
 from gateway.store import StoreStats
 
 log = logging.getLogger("fieldgate.store")
+
+#: Dead letters kept in memory (the oldest go first); the count goes on.
+DEAD_LETTERS_KEPT = 1000
 
 
 class MemoryStore:
@@ -33,6 +37,9 @@ class MemoryStore:
         self._idle.set()
         self._overflowing = False
         self.appended = self.acked = self.released = self.dropped = 0
+        #: (message, reason, time) of the messages moved aside, newest last.
+        self.dead: deque[tuple[Message, str, float]] = deque(maxlen=DEAD_LETTERS_KEPT)
+        self.dead_lettered = 0
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._in_flight)
@@ -107,6 +114,14 @@ class MemoryStore:
             self._waiting.insert(index, (message_id, message))
             self._ready.set()
 
+    def dead_letter(self, message_id: int, reason: str) -> None:
+        """Keep the message aside (bounded list) instead of resending it again."""
+        message = self._in_flight.pop(message_id, None)
+        if message is not None:
+            self.dead_lettered += 1
+            self.dead.append((message, reason, time.time()))
+        self._check_idle()
+
     def _check_idle(self) -> None:
         if not self._waiting and not self._in_flight:
             self._idle.set()
@@ -129,4 +144,5 @@ class MemoryStore:
             released=self.released,
             dropped=self.dropped,
             oldest_timestamp=oldest,
+            dead_letters=self.dead_lettered,
         )

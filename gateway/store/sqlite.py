@@ -42,6 +42,7 @@ from gateway.model import Message
 from gateway.store import StoreStats
 from gateway.store.sqlite_worker import (
     DB_NAME,
+    DEAD_LETTERS_KEPT,
     LOAD_CHUNK,
     RETRY_INTERVAL,
     SEQ_BLOCK,
@@ -162,6 +163,11 @@ class SqliteStore:
         self.appended = self.acked = self.released = self.dropped = 0
         self.dropped_bytes = 0
         self.commits = 0
+        #: Messages moved aside (``dead_letter``): counted from the table's rows at open.
+        self.dead_lettered = 0
+        self._to_dead: list[tuple[Message, str, float]] = []
+        #: Without a usable disk, dead letters are kept in memory (bounded).
+        self.dead: deque[tuple[Message, str, float]] = deque(maxlen=DEAD_LETTERS_KEPT)
         self._full = _Episode(f"full ({settings.max_messages} messages)")
         self._qos0_window = _Episode(
             f"memory window ({settings.memory_messages} messages) full of QoS 0 messages that bypass the disk"
@@ -216,6 +222,7 @@ class SqliteStore:
         self._depth = self._disk_rows = opened.rows
         self._disk_bytes = opened.bytes
         self._file_bytes = opened.file_bytes
+        self.dead_lettered = opened.dead_letters
         if opened.rows:
             self._idle.clear()
             log.info(
@@ -367,6 +374,22 @@ class SqliteStore:
             heapq.heappush(self._released, (entry.id, entry))
             self._ready.set()
 
+    def dead_letter(self, message_id: int, reason: str) -> None:
+        """Move an in-flight message into the ``dead_letters`` table (with the next commit)."""
+        entry = self._in_flight.pop(message_id, None)
+        if entry is None:
+            return
+        self.dead_lettered += 1
+        record = (entry.message, reason, self._clock())
+        self._forget(entry)
+        if self._disk is None:
+            self.dead.append(record)
+            return
+        self._to_dead.append(record)
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
+        self._kick.set()
+
     def link_up(self) -> None:
         if self._link_up:
             return
@@ -421,6 +444,7 @@ class SqliteStore:
             disk_messages=self._disk_rows,
             disk_bytes=self._file_bytes,
             degraded=self._open_failed or self._write_failed is not None,
+            dead_letters=self.dead_lettered,
         )
 
     # -- internals: lanes ------------------------------------------------------------------------------
@@ -657,11 +681,13 @@ class SqliteStore:
             load=self._chunk if self._load_wanted() else 0,
             seq_reserve=None if read_only else seq_reserve,
             read_only=read_only,
+            dead=[] if read_only else self._to_dead,
         )
         estimate = 0
         if not read_only:
             estimate = self._gap_drop_estimate
             self._to_insert, self._to_delete = [], []
+            self._to_dead = []
             self._gap_drops = self._gap_drop_estimate = 0
             self._expire_before = None
             self._pending_since = None
@@ -831,6 +857,7 @@ class SqliteStore:
                 self._gap_count = max(0, self._gap_count - 1)
                 self._head.append(entry)
         self._to_delete = job.deletes + self._to_delete
+        self._to_dead = job.dead + self._to_dead
         self._gap_drops += job.gap_drops
         self._gap_drop_estimate += estimate
         if job.seq_reserve is not None and job.seq_reserve > self._seq_persisted:

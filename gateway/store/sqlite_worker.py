@@ -31,6 +31,8 @@ LOAD_CHUNK = 1000
 RETRY_INTERVAL = 30.0
 #: Seconds between checks of the age bound.
 SWEEP_INTERVAL = 1.0
+#: Rows kept in the dead_letters table; the oldest are deleted beyond it.
+DEAD_LETTERS_KEPT = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -43,6 +45,17 @@ CREATE TABLE IF NOT EXISTS messages (
     payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    qos INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 _SIZE = "length(CAST(topic AS BLOB)) + length(payload) + length(CAST(device AS BLOB))"
 
@@ -112,6 +125,8 @@ class _Job:
     seq_reserve: int | None = None
     #: Run only the reading part (loads) when writes are known to fail.
     read_only: bool = False
+    #: Messages moved aside: (message, reason, wall-clock time).
+    dead: list[tuple[Message, str, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -165,6 +180,7 @@ class _Opened:
     next_seq: int
     oldest_ts: float | None
     file_bytes: int
+    dead_letters: int = 0
 
 
 class DiskQueue:
@@ -205,6 +221,7 @@ class DiskQueue:
             reserved = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
             max_seq = db.execute("SELECT max(seq) FROM messages").fetchone()[0]
             oldest = db.execute("SELECT ts FROM messages ORDER BY id LIMIT 1").fetchone()
+            dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
         except BaseException:
             self.close()
             raise
@@ -218,6 +235,7 @@ class DiskQueue:
             next_seq=next_seq,
             oldest_ts=oldest[0] if oldest else None,
             file_bytes=self.file_bytes(),
+            dead_letters=dead,
         )
 
     def file_bytes(self) -> int:
@@ -317,6 +335,16 @@ class DiskQueue:
                     cursor.advance(end)
                     break
                 cursor.advance(None)
+        if job.dead:
+            db.executemany(
+                "INSERT INTO dead_letters (seq, ts, qos, device, topic, payload, reason, at)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [(m.seq, m.timestamp, m.qos, m.device, m.topic, m.payload, r, at) for m, r, at in job.dead],
+            )
+            db.execute(
+                "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
+                (DEAD_LETTERS_KEPT,),
+            )
         if job.seq_reserve is not None:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)", (job.seq_reserve,))
         db.execute("COMMIT")

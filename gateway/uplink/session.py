@@ -4,7 +4,12 @@ One connection at a time (a fresh aiomqtt/paho client per connection, so no stat
 ``Uplink.run`` owns the reconnect loop and, per connection, one named task ``uplink.refresh``.
 ``Uplink.send`` applies backpressure (waits until connected and a window slot is free) and returns a
 future that resolves with the message's fate: DELIVERED (PUBACK < 0x80, or written for QoS 0), REFUSED
-(PUBACK >= 0x80, or refused locally), LOST (the connection dropped before the PUBACK: the caller resends).
+(PUBACK 0x87 or 0x99, or refused locally), RETRY (any other PUBACK >= 0x80: the caller resends it, a bounded
+number of times), LOST (the connection dropped before the PUBACK: the caller resends).
+
+Shaping (``[uplink.limits]``, :mod:`gateway.uplink.shaping`): ``send`` also waits for the message and byte
+token buckets and the in-flight caps. A throttling answer (0x97 quota exceeded, 0x80, 0x83) in a PUBACK or a
+DISCONNECT halves the allowed rate, which then recovers gradually.
 
 Inbound (cloud to device): ``Uplink.subscribe(filters, handler)`` keeps filters subscribed at QoS 1 on
 every connection, through a per-connection task ``uplink.subscribe``. Every filter is subscribed again
@@ -46,7 +51,7 @@ from gateway.config.uplink import RefreshConfig, StatusMessageConfig, UplinkConf
 from gateway.errors import ConnectRefused, TokenError, UplinkError
 
 # The outcome types are the core's, so the pipeline's pump understands the uplink's answers.
-from gateway.model import InboundHandler, InboundMessage, Message, PublishOutcome, PublishResult
+from gateway.model import InboundHandler, InboundMessage, Message, PublishOutcome, PublishResult, UplinkStats
 from gateway.mqtt_topics import fill_template, topic_matches, valid_filter
 from gateway.uplink.mqtt_auth import (
     AuthClient,
@@ -56,6 +61,7 @@ from gateway.uplink.mqtt_auth import (
     paho_logger,
     reason_name,
 )
+from gateway.uplink.shaping import Shaper
 from gateway.uplink.subscriptions import batches, cover_filter
 
 log = logging.getLogger("fieldgate.uplink")
@@ -78,39 +84,16 @@ CONNACK_HINTS: dict[int, str] = {
 JSON_CONTENT_TYPE = "application/json"
 #: Bytes the two properties add to a PUBLISH: PFI (id, byte) and Content Type (id, length, text).
 JSON_PROPERTY_BYTES = 2 + 3 + len(JSON_CONTENT_TYPE)
+#: Refusals that are final for the message: resending cannot help (0x87 per the permission gate's policy).
+FINAL_CODES = frozenset({0x87, 0x99})
+#: Answers that mean "too much, slow down" (PUBACK or DISCONNECT): the uplink halves its allowed rate.
+THROTTLE_CODES = frozenset({0x80, 0x83, 0x97})
 #: CONNACK codes that refuse the token itself: it is dropped from the source's caches before the next try.
 TOKEN_REFUSED = frozenset({0x86, 0x87, 0x8C})
 #: DISCONNECT reason code: another connection with our client id took the session over.
 SESSION_TAKEN_OVER = 0x8E
 #: Keep this many distinct refused topics for "log once per topic"; beyond it, refusals log at debug.
 _MAX_REMEMBERED_TOPICS = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class UplinkStats:
-    connected: bool
-    connected_since: float | None
-    #: Successful CONNECTs (CONNACK 0x00).
-    connects: int
-    #: Transport connections opened (TCP, after the TLS handshake when TLS is on).
-    connections: int
-    refreshes_ok: int
-    refreshes_failed: int
-    published: int
-    delivered: int
-    refused: int
-    lost: int
-    token_expires_at: float | None
-    inflight: int
-    #: Messages the permission gate kept from the broker (their topic is not granted); set by the gate.
-    permission_denials: int = 0
-    #: PUBLISH packets received on subscriptions (commands), and those no subscription of ours matched.
-    inbound: int = 0
-    inbound_unmatched: int = 0
-    #: Filters subscribed (SUBACK < 0x80) / not attempted (not permitted) / refused by SUBACK.
-    subscribed: int = 0
-    subscriptions_not_permitted: int = 0
-    subscriptions_refused: int = 0
 
 
 def publish_packet_size(topic: str, payload_len: int, qos: int, property_bytes: int = 0) -> int:
@@ -184,6 +167,7 @@ class _Pending:
     future: asyncio.Future[PublishResult]
     topic: str
     qos: int
+    size: int = 0
 
 
 @dataclass(eq=False)
@@ -248,6 +232,12 @@ class Uplink:
         self._refused_topics: set[str] = set()
         # Built once: paho only reads a PUBLISH's properties while packing it.
         self._json_props = _json_properties()
+        self._shaper = Shaper(config.limits)
+        #: Throttling answers since the allowed rate was last back at the configured limit.
+        self._throttling = False
+        #: Connections ended by a throttling DISCONNECT with no delivery since: the backoff keeps growing.
+        self._throttle_streak = 0
+        self._retried = 0
         #: Called with each token the session starts using (connect, accepted refresh): permissions hook.
         self.token_listeners: list[Callable[[Token], None]] = []
         #: Called with (topic, reason code) for each publish the broker refused (PUBACK >= 0x80).
@@ -283,6 +273,7 @@ class Uplink:
     @property
     def stats(self) -> UplinkStats:
         conn = self._conn
+        shaping = self._shaper.stats()
         return UplinkStats(
             connected=conn is not None and conn.open,
             connected_since=self._connected_since,
@@ -301,6 +292,12 @@ class Uplink:
             subscribed=len(self._confirmed),
             subscriptions_not_permitted=len(self._not_permitted),
             subscriptions_refused=self._subscriptions_refused,
+            allowed_rate=shaping.allowed_rate,
+            throttled=shaping.throttled,
+            retried=self._retried,
+            inflight_bytes=shaping.inflight_bytes,
+            peak_inflight_bytes=shaping.peak_inflight_bytes,
+            send_rate=shaping.send_rate,
         )
 
     async def wait_connected(self) -> None:
@@ -492,7 +489,13 @@ class Uplink:
         if size > self._config.max_message_bytes:
             why = f"message of {size} bytes exceeds max_message_bytes ({self._config.max_message_bytes})"
             return self._refuse_locally(future, message.topic, why)
-        conn = await self._slot()
+        while True:
+            conn = await self._slot(size, qos)
+            delay = self._shaper.delay(size)
+            if not delay:
+                break
+            await asyncio.sleep(delay)
+        self._note_recovery()
         if conn.max_packet is not None and size > conn.max_packet:
             why = f"message of {size} bytes exceeds the broker's Maximum Packet Size ({conn.max_packet})"
             return self._refuse_locally(future, message.topic, why)
@@ -508,15 +511,21 @@ class Uplink:
             retain=False,
             future=future,
             properties=props,
+            size=size,
         )
         return future
 
     # -- sending ---------------------------------------------------------------------------------
-    async def _slot(self) -> _Connection:
-        """Wait until a connection is open and has a free window slot (backpressure)."""
+    async def _slot(self, size: int, qos: int) -> _Connection:
+        """Wait until a connection is open, has a free window slot and room under the in-flight caps."""
         while True:
             conn = self._conn
-            if conn is not None and conn.open and len(conn.inflight) < conn.window:
+            if (
+                conn is not None
+                and conn.open
+                and len(conn.inflight) < conn.window
+                and self._shaper.has_room(size, qos=qos)
+            ):
                 return conn
             self._wakeup.clear()
             await self._wakeup.wait()
@@ -531,6 +540,7 @@ class Uplink:
         retain: bool,
         future: asyncio.Future[PublishResult],
         properties: Properties | None = None,
+        size: int = 0,
     ) -> None:
         try:
             info = conn.auth.publish(topic, payload, qos, retain, properties)
@@ -544,7 +554,8 @@ class Uplink:
             future.set_result(PublishResult(PublishOutcome.LOST, None, paho.error_string(info.rc)))
             conn.auth.drop_out_messages()
             return
-        conn.inflight[info.mid] = _Pending(future, topic, qos)
+        conn.inflight[info.mid] = _Pending(future, topic, qos, size)
+        self._shaper.sent(size, qos=qos)
 
     def _refuse_locally(
         self, future: asyncio.Future[PublishResult], topic: str, why: str
@@ -571,11 +582,25 @@ class Uplink:
             self._delivered += 1
             result = PublishResult(PublishOutcome.DELIVERED, None, "written (QoS 0)")
         else:
+            self._shaper.settled(pending.size)
             code = int(reason_code.value)
             name = reason_name(PacketTypes.PUBACK, code)
             if code < 0x80:  # 0x00 success, 0x10 no matching subscribers: both accepted
                 self._delivered += 1
+                self._throttle_streak = 0
                 result = PublishResult(PublishOutcome.DELIVERED, code, name)
+            elif code not in FINAL_CODES:
+                # Kept and resent by the caller: the broker may take it later (quota, transient fault).
+                self._retried += 1
+                if code in THROTTLE_CODES:
+                    self._throttle(f"PUBACK 0x{code:02X} {name} for {pending.topic!r}")
+                else:
+                    self._log_refusal(
+                        pending.topic, f"refused by the broker for now: PUBACK 0x{code:02X} {name}"
+                    )
+                for refused in self.refusal_listeners:
+                    refused(pending.topic, code)
+                result = PublishResult(PublishOutcome.RETRY, code, name)
             else:
                 self._refused += 1
                 hint = " (the token does not grant this topic)" if code == 0x87 else ""
@@ -588,16 +613,45 @@ class Uplink:
 
     def _lose_inflight(self, conn: _Connection, why: str) -> None:
         for pending in conn.inflight.values():
+            if pending.qos:
+                self._shaper.settled(pending.size)
             if not pending.future.done():
                 self._lost += 1
                 pending.future.set_result(PublishResult(PublishOutcome.LOST, None, why))
         conn.inflight.clear()
         self._wakeup.set()
 
+    # -- shaping ---------------------------------------------------------------------------------
+    def _throttle(self, what: str) -> None:
+        """The broker said "too much": slow down; warn when throttling starts, debug while it lasts."""
+        halved = self._shaper.throttled()
+        rate = self._shaper.allowed_rate
+        if not self._throttling:
+            self._throttling = True
+            log.warning(
+                "uplink throttled by the broker (%s): slowing down to %.1f publishes/s; the refused messages"
+                " are kept and resent",
+                what,
+                rate,
+            )
+        elif halved:
+            log.debug("uplink throttled again (%s): now %.1f publishes/s", what, rate)
+
+    def _note_recovery(self) -> None:
+        if self._throttling and self._shaper.factor >= 1.0:
+            self._throttling = False
+            log.info(
+                "uplink back at the configured rate (%.1f publishes/s; %d throttling answers so far)",
+                self._shaper.allowed_rate,
+                self._shaper.throttled_count,
+            )
+
     # -- state logging ---------------------------------------------------------------------------
     def _stable(self, backoff: Backoff) -> None:
         """The connection stayed up ``reconnect.stable_after``: the next failure starts a new episode."""
-        backoff.reset()
+        if not self._throttle_streak:
+            # Throttling DISCONNECTs with no delivery between them keep the delay growing: no storm.
+            backoff.reset()
         if self._short_lived >= 2:
             log.info(
                 "uplink: the reconnect loop is over (connected for %.0f s)",
@@ -614,7 +668,7 @@ class Uplink:
         """
         cfg = self._config
         stable = up >= cfg.reconnect.stable_after
-        if stable:
+        if stable and not self._throttle_streak:
             backoff.reset()
         delay = backoff.next()
         kind: str | None = None
@@ -823,6 +877,10 @@ class Uplink:
             elif getattr(flags, "is_disconnect_packet_from_server", False):
                 conn.disconnect_code = int(rc.value)
                 why = f"the broker sent DISCONNECT 0x{int(rc.value):02X} {rc.getName()}"
+                if int(rc.value) in THROTTLE_CODES:
+                    # What was in flight is lost and resent; the next connection goes slower.
+                    self._throttle_streak += 1
+                    self._throttle(why)
             else:
                 conn.lost = True
                 why = f"connection lost ({rc.getName()})"
@@ -933,8 +991,15 @@ class Uplink:
             # Queued before the connection opens to senders, so it goes out first.
             topic, payload = self._status_message(cfg.birth)
             birth: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+            size = publish_packet_size(topic, len(payload), cfg.birth.qos)
             self._publish_on(
-                conn, topic=topic, payload=payload, qos=cfg.birth.qos, retain=cfg.birth.retain, future=birth
+                conn,
+                topic=topic,
+                payload=payload,
+                qos=cfg.birth.qos,
+                retain=cfg.birth.retain,
+                future=birth,
+                size=size,
             )
         conn.open = True
         self._conn = conn

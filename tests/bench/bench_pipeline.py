@@ -23,6 +23,9 @@ from gateway.model import Message, PublishOutcome, PublishResult
 
 
 class CountingSink:
+    #: No session figures: status shows a sink without a connection.
+    stats = None
+
     def __init__(self) -> None:
         self.messages = 0
         self.bytes = 0

@@ -35,6 +35,9 @@ from gateway.store.sqlite import SqliteStore
 
 
 class CountingSink:
+    #: No session figures: status shows a sink without a connection.
+    stats = None
+
     def __init__(self) -> None:
         self.messages = 0
 

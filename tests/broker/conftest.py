@@ -38,9 +38,10 @@ def issuer_keys(tmp_path_factory: pytest.TempPathFactory) -> IssuerKeys:
 
 @pytest.fixture(scope="module")
 def broker(issuer_keys: IssuerKeys) -> Iterator[LocalBroker]:
-    # Debug logging: the token-leak checks then cover every line mosquitto can write.
+    # Debug logging: the token-leak checks then cover every line mosquitto can write. Through the
+    # quota proxy, as run.sh runs it: every plugin test also proves the proxy relays faithfully.
     with LocalBroker(
-        keys_dir=issuer_keys.directory, second_public_key=issuer_keys.next_public, verbose=True
+        keys_dir=issuer_keys.directory, second_public_key=issuer_keys.next_public, verbose=True, quotas=True
     ) as running:
         yield running
 

@@ -118,7 +118,8 @@ def test_a_token_with_a_bad_claim_is_refused_and_the_reason_logged(
 def test_an_hs256_token_keyed_with_the_public_key_text_is_refused(
     open_client: Opener, tokens: TokenMinter, client_id: str, broker: LocalBroker
 ) -> None:
-    # libjwt 1.10 would verify this HMAC with the PEM text as secret: the plugin must not let it.
+    # The classic algorithm confusion (an HMAC keyed with the PEM text, which libjwt 1.10 would verify):
+    # the plugin verifies RS256 only, whatever the header says.
     token = tokens("gw-1", alg="HS256", public_key_path=broker.public_key_path)
 
     _, connack = connect(open_client, client_id, token)
@@ -435,12 +436,13 @@ def test_the_broker_log_never_contains_a_token(
 # -- TLS ----------------------------------------------------------------------------------------
 
 
-def test_the_broker_speaks_tls_with_a_dev_ca(issuer_keys: IssuerKeys, tmp_path: Any) -> None:
+@pytest.mark.parametrize("quotas", [True, False], ids=["proxy terminates TLS", "mosquitto alone"])
+def test_the_broker_speaks_tls_with_a_dev_ca(issuer_keys: IssuerKeys, tmp_path: Any, quotas: bool) -> None:
     keys = tmp_path / "keys"
     keys.mkdir()
     for name in ("issuer.key", "issuer.pem"):
         (keys / name).write_bytes((issuer_keys.directory / name).read_bytes())
-    with LocalBroker(keys_dir=keys, tls=True) as tls_broker:
+    with LocalBroker(keys_dir=keys, tls=True, quotas=quotas) as tls_broker:
         assert tls_broker.ca_path is not None
         minter = TokenMinter(tls_broker)
         client = MqttV5Client(tls_broker.host, tls_broker.port, tls_ca=str(tls_broker.ca_path))

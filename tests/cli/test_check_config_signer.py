@@ -22,7 +22,10 @@ issuer = "https://fieldgate.example/issuer"
 audience = "https://plants.westeurope-1.ts.eventgrid.azure.net/"
 """,
     )
-    config.write_text(config.read_text().replace('host = "127.0.0.1"', f'host = "{host}"'))
+    text = config.read_text().replace('host = "127.0.0.1"', f'host = "{host}"')
+    if host not in ("127.0.0.1", "localhost"):
+        text = text.replace("tls = false", "tls = true")  # plain MQTT is refused off this host
+    config.write_text(text)
     return config
 
 

@@ -9,8 +9,8 @@ from types import ModuleType
 
 import pytest
 
-from drivers.modbus.config import DEFAULT_REPORT_PERIOD
 from drivers.modbus.driver import build_drivers
+from gateway.model import DEFAULT_REPORT_PERIOD
 
 from .conftest import Collector
 from .helpers import parse

@@ -20,6 +20,9 @@ TEMPLATE = "sites/${client.attributes.site}/#"
 class RecordingSink:
     """Accepts everything at once and remembers the topics, in order."""
 
+    #: No session figures: status shows a sink without a connection.
+    stats = None
+
     def __init__(self) -> None:
         self.sent: list[str] = []
 

@@ -7,10 +7,14 @@ import json
 import logging
 from pathlib import Path
 
+import jsonschema
 import pytest
 
+from gateway.config.model import DeviceRoute
 from gateway.model import Reading
 from gateway.pipeline.clock import CLOCK_FILE, EARLIEST, ClockCheck
+from gateway.pipeline.router import Router
+from tests.pipeline.test_compact import METER, SCHEMA, TOPIC, batch_of, meter_cycle, routes, telemetry
 from tests.pipeline.test_router import router
 
 YEAR = 365 * 24 * 3600.0
@@ -47,3 +51,24 @@ async def test_without_a_saved_mark_a_clock_before_this_code_existed_is_not_set(
     await check.load()
     assert not check.synced()
     assert ClockCheck(tmp_path, clock=lambda: EARLIEST + 1).synced()
+
+
+def test_every_payload_format_carries_the_mark_and_the_compact_schema_allows_it() -> None:
+    """Readings as objects, as columns (the drivers' fast path), unbatched, and the compact format."""
+    unsynced = lambda: False  # noqa: E731
+    cycle = meter_cycle(1_000.0)
+    routers = [Router("gw-1", "plant", routes(METER), qos=1) for _ in range(3)]
+    routers[1].set_routes([DeviceRoute(METER, TOPIC, False)])
+    compact = Router("gw-1", "plant", routes(METER), qos=1, telemetry=telemetry(format="compact"))
+    for routing in (*routers, compact):
+        routing.clock_synced = unsynced
+    payloads = [
+        *(m.payload for m in routers[0].route(cycle)),
+        *(m.payload for m in routers[1].route(cycle)),
+        *(m.payload for m in routers[2].route(batch_of(cycle))),
+    ]
+    compact_payloads = [m.payload for m in compact.route(cycle)]
+    for payload in payloads + compact_payloads:
+        assert json.loads(payload)["clock"] == "unsynced", payload
+    for payload in compact_payloads:
+        jsonschema.validate(json.loads(payload), SCHEMA)

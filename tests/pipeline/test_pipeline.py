@@ -44,6 +44,9 @@ unit = "°C"
 class CapturingSink:
     """Accepts every message at once, or - when ``stuck`` - never makes room (a dead uplink)."""
 
+    #: No session figures: status shows a sink without a connection.
+    stats = None
+
     def __init__(self, *, stuck: bool = False) -> None:
         self.messages: list[Message] = []
         self.stuck = stuck

@@ -158,6 +158,9 @@ def test_a_watchdog_meant_for_another_process_is_ignored() -> None:
 class UnackedSink:
     """A sink whose broker never acknowledges: shutdown waits out its whole grace period."""
 
+    #: No session figures: status shows a sink without a connection.
+    stats = None
+
     async def run(self) -> None:
         await asyncio.Event().wait()
 

@@ -6,6 +6,7 @@ These runs use --dry-run; test_status_metrics_broker.py runs the same against th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import signal
@@ -185,3 +186,28 @@ def test_status_without_a_status_file_says_so(tmp_path: Path) -> None:
 
     assert result.returncode == 4
     assert "no service ran with this state directory" in result.stderr
+
+
+def test_status_shows_the_shaping_and_the_dead_letters(tmp_path: Path) -> None:
+    snap = old_snapshot(age=1)
+    throttled = dataclasses.replace(
+        snap,
+        uplink=dataclasses.replace(
+            snap.uplink,
+            allowed_rate=50.0,
+            send_rate=48.5,
+            throttled=7,
+            retried=5,
+            inflight_bytes=2048,
+            peak_inflight_bytes=65000,
+        ),
+        pipeline=PipelineStatus(readings=10, retried=5, store_dead_letters=2),
+    )
+    write_status_file(tmp_path / STATUS_FILE, throttled)
+
+    result = fieldgate("status", "--state-dir", str(tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    shaping = "sending 48.5/s, allowed 50.0/s; throttled 7, resent 5; 2048 bytes in flight (peak 65000)"
+    assert shaping in result.stdout
+    assert "throttled and resent 5; DEAD LETTERS 2" in result.stdout

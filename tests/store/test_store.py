@@ -470,3 +470,25 @@ async def test_when_full_the_oldest_waiting_message_goes_not_one_in_flight(state
     assert delivered == [*range(1, 11), *range(14, 34)]
     assert len(delivered) + store.dropped == 33
     assert rows_on_disk(state_dir) == []
+
+
+async def test_dead_letters_leave_the_queue_and_are_kept_aside_by_both_stores(state_dir: Path) -> None:
+    memory = MemoryStore(100)
+    async with Running(state_dir, settings()) as sqlite:
+        for store in (memory, sqlite):
+            for seq in range(1, 4):
+                store.append(message(seq))
+            message_id, _ = await store.take()
+            store.dead_letter(message_id, "retry 10 times, last: 0x97 Quota exceeded")
+            # It never comes back: the next messages flow.
+            assert await take_seqs(store, 2) == [2, 3], type(store).__name__  # type: ignore[arg-type]
+            assert len(store) == 0 and store.stats().dead_letters == 1
+        await sqlite.sync()
+    assert [(m.seq, why) for m, why, _ in memory.dead] == [(1, "retry 10 times, last: 0x97 Quota exceeded")]
+    with contextlib.closing(sqlite3.connect(f"file:{state_dir / DB_NAME}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT seq, topic, reason FROM dead_letters").fetchall()
+    assert rows == [(1, "sites/lab/gw/dev/telemetry", "retry 10 times, last: 0x97 Quota exceeded")]
+    assert rows_on_disk(state_dir) == []
+    # The count survives a restart (status shows what waits for inspection).
+    async with Running(state_dir, settings()) as sqlite:
+        assert sqlite.stats().dead_letters == 1

@@ -7,19 +7,29 @@
 
 The broker runs in the foreground as a child process on a free loopback port with its own
 runtime directory; its whole log (stdout and stderr) is captured to a file.
+
+`LocalBroker(quotas=True)` puts the quota proxy (deploy/broker/quota_proxy.py) on the port, in front of
+mosquitto, as run.sh does by default: each Event Grid quota and limit is then a keyword whose default is
+the documented value, and the proxy's counters are read with `stats()` / `wait_for_stats()`, its log
+lines with `count_log()`. Without it (the default here, unlike run.sh) mosquitto serves the port alone,
+as before the proxy existed: today's gateway neither shapes its publish rate below Event Grid's 1000/s
+nor retries a 0x97, so a suite that drains a backlog flat out (tests/test_store_e2e.py) loses the
+throttled messages. Flip the default once the gateway honours the quotas.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Literal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BROKER_DIR = REPO_ROOT / "deploy" / "broker"
@@ -50,6 +60,10 @@ class LocalBroker:
 
     `verbose=True` turns on mosquitto's debug log (every packet and every allowed publish):
     thorough for log scans, costly for throughput tests.
+
+    The quota keywords map to run.sh's options of the same name (deploy/broker/README.md) and
+    take effect with `quotas=True`; `max_auth_data`, `max_sub_length` (plugin) and `allow_retain`
+    (mosquitto's retain_available) apply either way.
     """
 
     host = "127.0.0.1"
@@ -69,6 +83,20 @@ class LocalBroker:
         tls: bool = False,
         verbose: bool = False,
         start_timeout: float = 30.0,
+        quotas: bool = False,
+        publish_rate: int = 1000,
+        byte_rate: int = 1_000_000,
+        inflight_messages: int = 1000,
+        inflight_bytes: int = 65536,
+        throttle: Literal["puback", "disconnect"] = "puback",
+        topic_bytes: int = 256,
+        topic_levels: int = 15,
+        subscriptions: int = 50,
+        subscribe_rate: int = 5,
+        filters_per_subscribe: int = 10,
+        allow_retain: bool = False,
+        max_auth_data: int = 8192,
+        max_sub_length: int = 128,
     ) -> None:
         self._own_dir = tempfile.TemporaryDirectory(prefix="fieldgate-broker-")
         base = Path(self._own_dir.name)
@@ -85,6 +113,22 @@ class LocalBroker:
         self.tls = tls
         self.verbose = verbose
         self.start_timeout = start_timeout
+        self.quotas = quotas
+        self.limits: dict[str, int | str] = {
+            "publish-rate": publish_rate,
+            "byte-rate": byte_rate,
+            "inflight-messages": inflight_messages,
+            "inflight-bytes": inflight_bytes,
+            "throttle": throttle,
+            "topic-bytes": topic_bytes,
+            "topic-levels": topic_levels,
+            "subscriptions": subscriptions,
+            "subscribe-rate": subscribe_rate,
+            "filters-per-subscribe": filters_per_subscribe,
+            "max-auth-data": max_auth_data,
+            "max-sub-length": max_sub_length,
+        }
+        self.allow_retain = allow_retain
         self.port = 0
         self.log_path = base / "broker.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -127,6 +171,12 @@ class LocalBroker:
             cmd.append("--tls")
         if self.verbose:
             cmd.append("--verbose")
+        for option, value in self.limits.items():
+            cmd += [f"--{option}", str(value)]
+        if self.allow_retain:
+            cmd.append("--allow-retain")
+        if not self.quotas:
+            cmd.append("--no-quotas")
         return cmd
 
     def start(self) -> LocalBroker:
@@ -167,8 +217,12 @@ class LocalBroker:
         )
 
     def _listening(self) -> bool:
-        # The listener line shows our port is mosquitto's, not someone else's on a reused port.
-        if not any(f"listen socket on port {self.port}." in line for line in self.log_lines()):
+        # The listener line shows our port is ours (the proxy's or mosquitto's), not someone
+        # else's on a reused port.
+        ready = f"listen socket on port {self.port}."
+        if self.quotas:
+            ready = f"listening on 127.0.0.1:{self.port}"
+        if not any(ready in line for line in self.log_lines()):
             return False
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5):
@@ -189,8 +243,60 @@ class LocalBroker:
 
     @property
     def pid(self) -> int | None:
-        """The mosquitto process id (run.sh execs mosquitto), while it runs."""
-        return self._process.pid if self._process is not None else None
+        """The mosquitto process id, while it runs (behind the proxy: the proxy's child)."""
+        if self._process is None:
+            return None
+        if not self.quotas:
+            return self._process.pid  # run.sh execs mosquitto
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.runtime_dir / "mosquitto.pid").read_text())
+        return None
+
+    @property
+    def proxy_pid(self) -> int | None:
+        """The quota proxy's process id (run.sh execs it), while it runs."""
+        return self._process.pid if self._process is not None and self.quotas else None
+
+    @property
+    def stats_path(self) -> Path:
+        return self.runtime_dir / "quota-stats.json"
+
+    def stats(self) -> dict[str, Any]:
+        """The proxy's counters: {"sessions": {client id: {counter: n}}, "totals": {...}}.
+
+        The file is rewritten about 0.1 s after a change: use `wait_for_stats` to wait for a
+        count the test expects. Counters: publishes_forwarded, bytes_forwarded,
+        peak_publishes_per_second, peak_bytes_per_second, puback_0x97, disconnect_0x97,
+        dropped_qos0, throttled_rate / _bytes / _inflight_messages / _inflight_bytes,
+        refused_topic_length / _topic_levels / _retain, suback_0x97, suback_0x8f,
+        throttled_subscribe_rate, refused_filters_per_subscribe, refused_subscriptions,
+        refused_filter_invalid, subscriptions, connections.
+        """
+        try:
+            return dict(json.loads(self.stats_path.read_text()))
+        except (OSError, ValueError):
+            return {"sessions": {}, "totals": {}}
+
+    def session_stats(self, client_id: str) -> dict[str, int]:
+        """One session's counters (missing counters are 0)."""
+        return dict(self.stats()["sessions"].get(client_id, {}))
+
+    def wait_for_stats(
+        self, condition: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """The stats once `condition(stats)` holds, waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if condition(stats):
+                return stats
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"broker stats never met the condition within {timeout}s: {stats}")
+            time.sleep(0.05)
+
+    def count_log(self, needle: str, since: int = 0) -> int:
+        """How many log lines (from line `since` on) contain `needle`."""
+        return sum(needle in line for line in self.log_lines()[since:])
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None

@@ -206,3 +206,37 @@ def test_plain_mqtt_to_another_machine_is_refused_unless_explicitly_allowed(tmp_
     assert problems == []
     local = plain.replace("ns.westeurope-1.ts.eventgrid.azure.net", "127.0.0.1")
     assert parse(local, tmp_path)[1] == []
+
+
+def test_limits_default_to_event_grid_and_an_older_namespace_sets_100(tmp_path: Path) -> None:
+    cfg, problems = parse(MINIMAL, tmp_path)
+    assert problems == []
+    limits = cfg.limits
+    assert (limits.messages_per_second, limits.bytes_per_second) == (1000, 1_000_000)
+    assert (limits.inflight_messages, limits.inflight_bytes) == (1000, 65_536)
+    cfg, problems = parse(
+        MINIMAL + "[uplink.limits]\nmessages_per_second = 100\nmax_attempts = 5\n", tmp_path
+    )
+    assert problems == []
+    assert (cfg.limits.messages_per_second, cfg.limits.max_attempts) == (100, 5)
+    assert cfg.limits.bytes_per_second == 1_000_000
+
+
+def test_bad_limits_are_named_with_their_key_path(tmp_path: Path) -> None:
+    _, problems = parse(
+        MINIMAL
+        + """
+[uplink.limits]
+messages_per_second = 0
+inflight_bytes = "64k"
+max_attempts = 0
+burst = 3
+""",
+        tmp_path,
+    )
+    text = "\n".join(problems)
+    assert "uplink.limits.messages_per_second" in text and "at least 0.1" in text
+    assert "uplink.limits.inflight_bytes" in text and "expected an integer" in text
+    assert "uplink.limits.max_attempts" in text
+    assert "uplink.limits.burst" in text
+    assert len(problems) == 4

@@ -1,0 +1,78 @@
+"""A config pays only for what it uses: `fieldgate run` imports a protocol's or a service's libraries only
+when the config needs them (each is a few MiB of RSS and tens of milliseconds of start on a Pi)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WATCHED = ("pymodbus", "serial", "aiomqtt", "paho", "azure", "prometheus_client")
+
+GATEWAY = """
+[gateway]
+id = "gw-1"
+site = "plant"
+stats_interval = 0
+state_dir = "{state}"
+
+[store]
+kind = "memory"
+"""
+SIMULATED = """
+[devices.boiler]
+driver = "simulated"
+interval = 0.1
+
+[[devices.boiler.points]]
+name = "temperature"
+signal = "sine"
+"""
+MODBUS_TCP = """
+[devices.meter]
+driver = "modbus"
+host = "127.0.0.1"
+port = 1
+interval = 1
+
+[devices.meter.points.power]
+address = 0
+type = "int16"
+"""
+
+
+def libraries_after_a_dry_run(tmp_path: Path, devices: str) -> set[str]:
+    """Run `fieldgate run --dry-run` in a fresh interpreter; the watched libraries it imported."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(GATEWAY.format(state=tmp_path) + devices)
+    probe = (
+        "import json, sys\n"
+        "from gateway.cli.main import main\n"
+        f"code = main(['run', '-c', {str(config)!r}, '--dry-run', '--duration', '0.3'])\n"
+        "print(json.dumps([code, sorted({m.split('.')[0] for m in sys.modules})]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    code, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 0, done.stderr
+    return set(modules) & set(WATCHED)
+
+
+def test_a_config_without_modbus_or_serial_devices_imports_neither_library(tmp_path: Path) -> None:
+    assert libraries_after_a_dry_run(tmp_path, SIMULATED) == set()
+
+
+@pytest.mark.parametrize("devices", [MODBUS_TCP])
+def test_modbus_devices_bring_pymodbus_and_nothing_of_the_uplink_or_services(
+    tmp_path: Path, devices: str
+) -> None:
+    libraries = libraries_after_a_dry_run(tmp_path, devices)
+
+    assert "pymodbus" in libraries
+    # pymodbus imports pyserial itself (for its serial client); no uplink, azure or metrics without config.
+    assert libraries - {"pymodbus", "serial"} == set()
