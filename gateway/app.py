@@ -23,6 +23,7 @@ from gateway.config.limits import DEFAULT_LIMITS
 from gateway.errors import ConfigError
 from gateway.model import CommandTransport, Driver, MessageSink
 from gateway.mqtt_topics import fill_template
+from gateway.pipeline.clock import ClockCheck
 from gateway.pipeline.pump import PumpCounters, pump_forever
 from gateway.pipeline.queue import ReadingQueue, SetAside, route_forever, route_pending
 from gateway.pipeline.router import Router
@@ -72,6 +73,8 @@ class Gateway:
             config.telemetry.qos,
             telemetry=config.telemetry,
         )
+        self.clock = ClockCheck(config.gateway.state_dir)
+        self.router.clock_synced = self.clock.synced
         self.store = store if store is not None else make_store(config.store, config.gateway.state_dir)
         self.pump_counters = PumpCounters()
         self.set_aside = SetAside()
@@ -141,6 +144,7 @@ class Gateway:
             loop.add_signal_handler(signal.SIGINT, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         await self.store.open()
+        await self.clock.load()
         # Numbering continues where the last run stopped (the store persists it).
         self.router.next_seq = max(self.router.next_seq, self.store.next_seq)
         try:
@@ -162,7 +166,10 @@ class Gateway:
                         self.store, self.sink, self.pump_counters, max_attempts=limits.max_attempts
                     ),
                 )
-                helpers = [tg.create_task(self._reload_loop(), name="config.reload")]
+                helpers = [
+                    tg.create_task(self._reload_loop(), name="config.reload"),
+                    tg.create_task(self.clock.keep(), name="clock"),
+                ]
                 if self.commands is not None:
                     helpers.append(self._keep(tg, "commands", self.commands.run))
                 if self.config.gateway.stats_interval > 0:
@@ -227,25 +234,31 @@ class Gateway:
 
         while True:
             stable = loop.call_later(TASK_STABLE_AFTER, recovered) if failing else None
+            error: Exception | None = None
             try:
                 await start()
                 why = "ended by itself"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                why = f"crashed ({type(exc).__name__})"
+                why, error = f"crashed ({type(exc).__name__})", exc
             finally:
                 if stable is not None:
                     stable.cancel()
             count = self.restarts.hit(name)
             if not failing:
                 log.error(
-                    "task %s %s; restarting in %gs (restart %d)", name, why, delay, count, exc_info=True
+                    "task %s %s; restarting in %gs (restart %d)", name, why, delay, count, exc_info=error
                 )
                 failing = True
             else:
                 log.debug(
-                    "task %s %s again; restarting in %gs (restart %d)", name, why, delay, count, exc_info=True
+                    "task %s %s again; restarting in %gs (restart %d)",
+                    name,
+                    why,
+                    delay,
+                    count,
+                    exc_info=error,
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, TASK_RESTART_MAX)
@@ -274,16 +287,42 @@ class Gateway:
     async def _supervise(self, driver: Driver) -> None:
         """Run a driver; a driver that returns or crashes (a bug) is restarted with backoff."""
         delay = DRIVER_RESTART_MIN
+        loop = asyncio.get_running_loop()
+        failing = False
         try:
             while True:
+                started = loop.time()
+                error: Exception | None = None
                 try:
                     await driver.run(self.readings.put)
-                    log.error("%s stopped by itself; restarting in %gs", driver.name, delay)
+                    why = "stopped by itself"
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    log.exception("%s crashed; restarting in %gs", driver.name, delay)
-                self.restarts.hit(driver.name)
+                except Exception as exc:
+                    why, error = "crashed", exc
+                if failing and loop.time() - started >= TASK_STABLE_AFTER:
+                    # It ran a good while before this end: a new episode, logged and backed off anew.
+                    failing, delay = False, DRIVER_RESTART_MIN
+                count = self.restarts.hit(driver.name)
+                if not failing:
+                    failing = True
+                    log.error(
+                        "%s %s; restarting in %gs (restart %d)",
+                        driver.name,
+                        why,
+                        delay,
+                        count,
+                        exc_info=error,
+                    )
+                else:
+                    log.debug(
+                        "%s %s again; restarting in %gs (restart %d)",
+                        driver.name,
+                        why,
+                        delay,
+                        count,
+                        exc_info=error,
+                    )
                 with contextlib.suppress(Exception):
                     await driver.close()
                 await asyncio.sleep(delay)

@@ -115,6 +115,11 @@ class AzureTokenSource:
         via = f", Azure Arc agent {agent}" if agent else ""
         return f"azure {cfg.credential} (scope {cfg.scope}{who}{via})"
 
+    def invalidate(self) -> None:
+        # azure-identity keeps its token cache inside the credential (MSAL's, per instance) and offers no
+        # way to evict one token: a new credential starts with an empty cache.
+        self._credential = None
+
     async def _loaded(self) -> _Credential:
         async with self._lock:
             if self._credential is None:

@@ -49,6 +49,10 @@ class FileTokenSource:
     def description(self) -> str:
         return f"file {self._config.path}"
 
+    def invalidate(self) -> None:
+        # The file is read again even if it looks unchanged (a token rewritten within the same mtime tick).
+        self._signature = None
+
     async def get_token(self) -> Token:
         path = self._config.path
         # stat + read can block (network or slow flash file systems): worker thread.

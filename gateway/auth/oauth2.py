@@ -55,6 +55,8 @@ class OAuth2TokenSource:
         self._key: RSAPrivateKey | None = None
         self._lock = asyncio.Lock()
         self._token: Token | None = None
+        #: ``time.monotonic()`` until which the held token is handed out again (half its lifetime left).
+        self._reuse_until = 0.0
 
     @property
     def auth_method(self) -> str:
@@ -176,14 +178,21 @@ class OAuth2TokenSource:
             raise TokenError(f"{where} answered with JSON that is not an object")
         return content, sent_at
 
+    def invalidate(self) -> None:
+        self._token = None
+
     async def get_token(self) -> Token:
         held = self._token
-        if held is not None and held.remaining(self._clock()) > held.lifetime / 2:
+        if held is not None and time.monotonic() < self._reuse_until:
             # A reconnect soon after a fetch reuses the token rather than asking the provider again;
-            # the refresh scheduler asks late in the lifetime, when this gets a fresh one.
+            # the refresh scheduler asks late in the lifetime, when this gets a fresh one. Judged on
+            # the monotonic clock: a wall-clock step must not make a token look fresh for years.
             return held
-        self._token = await self._fetch()
-        return self._token
+        token = await self._fetch()
+        left = token.remaining(self._clock())
+        left = left if 0.0 < left <= token.lifetime else token.lifetime
+        self._token, self._reuse_until = token, time.monotonic() + left - token.lifetime / 2
+        return token
 
     async def _fetch(self) -> Token:
         cfg = self._config

@@ -104,6 +104,9 @@ class SignerTokenSource:
         )
         return claims
 
+    def invalidate(self) -> None:
+        """Nothing cached: every token is signed afresh."""
+
     async def get_token(self) -> Token:
         key = await self._loaded_key()
         claims = self.claims_at(self._clock())

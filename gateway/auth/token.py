@@ -67,6 +67,11 @@ class TokenSource(Protocol):
         """A token valid now (a cached one while it is fresh enough). Raises :class:`TokenError`."""
         ...
 
+    def invalidate(self) -> None:
+        """The broker refused the last token: forget every cached token, so the next
+        :meth:`get_token` asks the issuer for a new one rather than handing the refused one back."""
+        ...
+
 
 def _b64decode(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))

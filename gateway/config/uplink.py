@@ -156,6 +156,9 @@ class ReconnectConfig:
 
     initial: float = 1.0
     maximum: float = 60.0
+    #: The backoff starts again from ``initial`` only after a connection stayed up this long (seconds): a
+    #: connection the broker ends at once (another client taking the session) keeps backing off.
+    stable_after: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +449,7 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
     if maximum < initial:
         shown = reconnect_table.data.get("max", maximum)
         reconnect_table.problem("max", f"must be at least reconnect.initial ({initial:g})", shown)
+    stable_after = reconnect_table.number("stable_after", ReconnectConfig().stable_after, minimum=0.0)
     reconnect_table.finish()
 
     allow_retain = table.boolean("allow_retain", False)
@@ -490,7 +494,7 @@ def parse_uplink(table: Table, *, gateway_id: str, site: str = "") -> UplinkConf
         max_message_bytes=max_message_bytes,
         connect_timeout=connect_timeout,
         refresh=refresh,
-        reconnect=ReconnectConfig(initial=initial, maximum=max(maximum, initial)),
+        reconnect=ReconnectConfig(initial=initial, maximum=max(maximum, initial), stable_after=stable_after),
         birth=birth,
         will=will,
         allow_retain=allow_retain,

@@ -14,7 +14,8 @@ Unbatched, one reading::
 A reading that is not good carries ``"reason"``; a value that is not a finite number (a meter's NaN for
 "not available") goes out as ``null`` with quality ``bad`` and reason ``not a finite number (nan)``
 (``gateway.model.clean_reading``, the rule command responses follow too); a point sampled at another
-moment than the message's ``ts`` carries its own ``"ts"``.
+moment than the message's ``ts`` carries its own ``"ts"``. A message routed while the wall clock is not
+set yet (``gateway.pipeline.clock``) carries ``"clock": "unsynced"``; otherwise there is no such key.
 
 ``format = "compact"`` (opt-in) writes ``compact-payload.schema.json`` instead, and ``gateway_batch``
 (compact only) gathers every device that polled in an interval into one message; see README.md.
@@ -30,7 +31,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.config.model import DeviceRoute, TelemetrySettings
@@ -98,6 +99,8 @@ class Router:
         self.qos = qos
         self.next_seq = first_seq
         self.counters = RouterCounters()
+        #: False while the wall clock is not set yet (None: not checked).
+        self.clock_synced: Callable[[], bool] | None = None
         self._routes: dict[str, DeviceRoute] = {}
         self._topics: dict[tuple[str, str], str] = {}
         self._gateway_json = _encode(gateway_id)
@@ -237,13 +240,19 @@ class Router:
             text = self._names[name] = _encode(name)
         return text
 
+    def _clock_text(self) -> str:
+        """``,"clock":"unsynced"`` while the wall clock is not set yet, else nothing."""
+        if self.clock_synced is not None and not self.clock_synced():
+            return ',"clock":"unsynced"'
+        return ""
+
     def _message_text(self, route: DeviceRoute, topic: str, ts: float, body: str) -> Message:
         seq = self.next_seq
         self.next_seq += 1
         device = route.device.name
         payload = (
             f'{{"seq":{seq},"gateway":{self._gateway_json},"device":{self._name(device)},'
-            f'"ts":{_value_text(ts)},{body}}}'
+            f'"ts":{_value_text(ts)},{body}{self._clock_text()}}}'
         )
         return Message(
             topic=topic, payload=payload.encode(), qos=self.qos, seq=seq, timestamp=ts, device=device
@@ -280,7 +289,10 @@ class Router:
     def _compact_message(self, topic: str, ts: float, entries: Sequence[str], device: str) -> Message:
         seq = self.next_seq
         self.next_seq += 1
-        payload = f'{{"s":{seq},"g":{self._gateway_json},"t":{_value_text(ts)},"d":[{",".join(entries)}]}}'
+        payload = (
+            f'{{"s":{seq},"g":{self._gateway_json},"t":{_value_text(ts)},"d":[{",".join(entries)}]'
+            f"{self._clock_text()}}}"
+        )
         return Message(
             topic=topic, payload=payload.encode(), qos=self.qos, seq=seq, timestamp=ts, device=device
         )
@@ -348,6 +360,8 @@ class Router:
         seq = self.next_seq
         self.next_seq += 1
         payload = {"seq": seq, "gateway": self.gateway_id, "device": route.device.name, "ts": ts, **body}
+        if self.clock_synced is not None and not self.clock_synced():
+            payload["clock"] = "unsynced"
         return Message(
             topic=topic,
             payload=_encode(payload).encode(),

@@ -95,13 +95,23 @@ class SqliteStore:
     """A bounded, durable queue with the interface of ``MemoryStore`` (see gateway/store/memory.py)."""
 
     def __init__(
-        self, settings: StoreSettings, state_dir: Path, *, clock: Callable[[], float] = time.time
+        self,
+        settings: StoreSettings,
+        state_dir: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.max_messages = settings.max_messages
         self.down_after = settings.down_after
         self.path = Path(state_dir) / DB_NAME
         self._clock = clock
+        self._monotonic = monotonic
+        # The wall clock as read at start, carried forward by the monotonic clock: a step of the system
+        # clock (NTP after boot on a Pi without RTC) moves neither it nor the ages judged by it.
+        self._wall_at_start = clock()
+        self._mono_at_start = monotonic()
         self._disk: DiskQueue | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._job_future: asyncio.Future[_JobResult] | None = None
@@ -312,7 +322,7 @@ class SqliteStore:
         size = row_size(message)
         if not self._room_for(size):
             return
-        entry = _Entry(self._next_id, message, size)
+        entry = _Entry(self._next_id, message, size, born=self._born(message.timestamp))
         self._next_id += 1
         self._depth += 1
         self.appended += 1
@@ -593,6 +603,16 @@ class SqliteStore:
         if self._disk_full.active and self._disk_bytes < self.settings.max_disk_bytes * 0.9:
             self._disk_full.end()
 
+    def _steady(self) -> float:
+        """Wall time without the steps the system clock took since the store started."""
+        return self._wall_at_start + (self._monotonic() - self._mono_at_start)
+
+    def _born(self, timestamp: float) -> float:
+        """The monotonic time a message of this wall-clock stamp was new: its age at arrival is judged
+        from its stamp (never negative: a stamp after a clock step is new), then the monotonic clock's."""
+        now = self._monotonic()
+        return now - max(0.0, self._wall_at_start + (now - self._mono_at_start) - timestamp)
+
     def _sweep(self) -> None:
         """The age bound, oldest first; and the retry of a failed disk."""
         self._check_bounds_over()
@@ -600,10 +620,12 @@ class SqliteStore:
             self._kick.set()
         if not self.settings.max_age:
             return
-        cutoff = self._clock() - self.settings.max_age
+        # Ages by the monotonic clock: a step of the wall clock expires nothing.
+        born_before = self._monotonic() - self.settings.max_age
+        cutoff = self._steady() - self.settings.max_age
         expired = expired_bytes = 0
         for lane in (self._head, self._tail, self._awaiting):
-            while lane and lane[0].message.timestamp < cutoff:
+            while lane and lane[0].born < born_before:
                 entry = lane.popleft()
                 self._forget(entry)
                 expired += 1
@@ -784,6 +806,8 @@ class SqliteStore:
             self._gap[0][0] = max(self._gap[0][0], result.next_start)
         self._gap_oldest_ts = result.gap_oldest_ts
         self._gap_count = max(0, self._gap_count - len(result.rows)) if self._gap else 0
+        for row in result.rows:
+            row.born = self._born(row.message.timestamp)
         self._head.extend(result.rows)
         if job.load:
             # Wake take(): rows arrived, or the gap turned out empty and the tail may go now.

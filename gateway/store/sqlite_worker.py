@@ -108,6 +108,8 @@ class _Entry:
     durable: bool = False
     #: Still held in memory; False once moved to the gap (its commit must not put it in the tail).
     cached: bool = True
+    #: ``time.monotonic()`` from which its age counts (set on the loop; see SqliteStore._steady).
+    born: float = 0.0
 
 
 # -- the worker thread's side ---------------------------------------------------------------------------

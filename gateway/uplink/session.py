@@ -88,6 +88,10 @@ JSON_PROPERTY_BYTES = 2 + 3 + len(JSON_CONTENT_TYPE)
 FINAL_CODES = frozenset({0x87, 0x99})
 #: Answers that mean "too much, slow down" (PUBACK or DISCONNECT): the uplink halves its allowed rate.
 THROTTLE_CODES = frozenset({0x80, 0x83, 0x97})
+#: CONNACK codes that refuse the token itself: it is dropped from the source's caches before the next try.
+TOKEN_REFUSED = frozenset({0x86, 0x87, 0x8C})
+#: DISCONNECT reason code: another connection with our client id took the session over.
+SESSION_TAKEN_OVER = 0x8E
 #: Keep this many distinct refused topics for "log once per topic"; beyond it, refusals log at debug.
 _MAX_REMEMBERED_TOPICS = 1024
 
@@ -112,6 +116,17 @@ def connack_text(code: int, properties: Properties | None = None) -> str:
     if reason:
         text += f" (broker says: {reason})"
     return text
+
+
+def seconds_left_at_receipt(token: Token, now: float) -> float:
+    """How long a token just received stays valid, judged once, at receipt, by the wall clock.
+
+    ``exp`` is the issuer's wall clock. Ours may be wrong by days (a Pi without RTC before NTP): when
+    it makes the token look valid for longer than its lifetime, or already expired, the token is taken
+    as just issued (its lifetime). From then on the uplink counts down on the monotonic clock.
+    """
+    left = token.remaining(now)
+    return left if 0.0 < left <= token.lifetime else token.lifetime
 
 
 def refresh_delay(token: Token, cfg: RefreshConfig, now: float, rng: random.Random) -> float:
@@ -174,6 +189,12 @@ class _Connection:
     end_reason: str | None = None
     #: Filters the broker refused (SUBACK >= 0x80) on this connection, with when (monotonic) to ask again.
     refused_filters: dict[str, float] = field(default_factory=dict)
+    #: The reason code of the broker's DISCONNECT, when it sent one.
+    disconnect_code: int | None = None
+    #: The connection was closed under us without a DISCONNECT (mosquitto 2.0 ends a taken-over session so).
+    lost: bool = False
+    #: ``time.monotonic()`` when the CONNACK accepted it.
+    opened_at: float | None = None
 
     def end(self, reason: str) -> None:
         if self.end_reason is None:
@@ -210,8 +231,12 @@ class Uplink:
         gateway_id: str,
         site: str,
         rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._wall_clock = wall_clock
+        #: ``time.monotonic()`` at which the token in use expires (see seconds_left_at_receipt).
+        self._token_deadline = 0.0
         self._source = token_source
         self._gateway_id = gateway_id
         self._site = site
@@ -248,6 +273,9 @@ class Uplink:
         self._over_limit_logged = False
         self._failing: str | None = None
         self._failures = 0
+        #: Connections in a row the broker ended before they became stable, and how (a loop's kind).
+        self._short_lived = 0
+        self._short_kind: str | None = None
         # counters
         self._connects = 0
         self._connections = 0
@@ -636,6 +664,77 @@ class Uplink:
             )
 
     # -- state logging ---------------------------------------------------------------------------
+    def _stable(self, backoff: Backoff) -> None:
+        """The connection stayed up ``reconnect.stable_after``: the next failure starts a new episode."""
+        if not self._throttle_streak:
+            # Throttling DISCONNECTs with no delivery between them keep the delay growing: no storm.
+            backoff.reset()
+        if self._short_lived >= 2:
+            log.info(
+                "uplink: the reconnect loop is over (connected for %.0f s)",
+                self._config.reconnect.stable_after,
+            )
+        self._short_kind, self._short_lived = None, 0
+
+    def _after_connection(self, conn: _Connection, up: float, why: str, backoff: Backoff) -> float:
+        """Log how a connection ended and return the delay before the next attempt.
+
+        The backoff starts over only after a connection that stayed up ``reconnect.stable_after``: a
+        broker that accepts and then ends each connection at once (two gateways with one client id, a
+        token refused after CONNACK) is retried ever more slowly, not every second.
+        """
+        cfg = self._config
+        stable = up >= cfg.reconnect.stable_after
+        if stable and not self._throttle_streak:
+            backoff.reset()
+        delay = backoff.next()
+        kind: str | None = None
+        if not stable:
+            if conn.disconnect_code == SESSION_TAKEN_OVER:
+                kind = "takeover"
+            elif conn.lost:
+                kind = "closed"
+        if kind is not None and kind == self._short_kind:
+            self._short_lived += 1
+        else:
+            if self._short_lived >= 2:
+                log.info("uplink: the reconnect loop ended (the last connection lasted %.0f s)", up)
+            self._short_kind, self._short_lived = kind, 1 if kind is not None else 0
+        if self._short_lived == 2 and kind == "takeover":
+            log.error(
+                "uplink: session-takeover loop: the broker ended our session %d times in a row with "
+                "DISCONNECT 0x%02X Session taken over, each within %.0f s: another client connects with "
+                "client id %r (two gateways with one identity?); backing off up to %.0f s between attempts",
+                self._short_lived,
+                SESSION_TAKEN_OVER,
+                cfg.reconnect.stable_after,
+                cfg.client_id,
+                cfg.reconnect.maximum,
+            )
+        elif self._short_lived == 2:
+            log.error(
+                "uplink: reconnect loop: the broker closed %d connections in a row within %.0f s of "
+                "accepting them, without a DISCONNECT reason (mosquitto closes a session another client "
+                "took over this way: is client id %r in use elsewhere?); backing off up to %.0f s "
+                "between attempts",
+                self._short_lived,
+                cfg.reconnect.stable_after,
+                cfg.client_id,
+                cfg.reconnect.maximum,
+            )
+        elif self._short_lived > 2:
+            log.debug("uplink: %s (%d in a row); next attempt in %.1f s", why, self._short_lived, delay)
+        else:
+            log.warning(
+                "uplink disconnected from %s:%d after %.1f s: %s; reconnecting in %.1f s",
+                cfg.host,
+                cfg.port,
+                up,
+                why,
+                delay,
+            )
+        return delay
+
     def _fail(self, what: str) -> None:
         """A connect attempt failed: error once per streak of the same failure, debug while it lasts."""
         self._failures += 1
@@ -650,12 +749,18 @@ class Uplink:
 
     # -- tokens ----------------------------------------------------------------------------------
     def _use_token(self, token: Token) -> None:
+        if not token.same_as(self._token):
+            self._token_deadline = time.monotonic() + seconds_left_at_receipt(token, self._wall_clock())
         self._token = token
         for listener in self.token_listeners:
             listener(token)
 
     def _method(self) -> str:
         return self._config.auth_method
+
+    def _token_left(self) -> float:
+        """Seconds the token in use stays valid, on the monotonic clock (wall-clock steps do not count)."""
+        return self._token_deadline - time.monotonic()
 
     async def _refresh_loop(self, conn: _Connection) -> None:
         cfg = self._config.refresh
@@ -665,11 +770,14 @@ class Uplink:
             current = self._token
             if current is None:
                 return
-            await asyncio.sleep(refresh_delay(current, cfg, time.time(), self._rng))
+            # The token's times are the issuer's wall clock: scheduled on the monotonic clock, with the
+            # monotonic instant that corresponds to "now" in the token's frame.
+            in_token_frame = current.expires_at - self._token_left()
+            await asyncio.sleep(refresh_delay(current, cfg, in_token_frame, self._rng))
             try:
                 fresh = await self._source.get_token()
             except TokenError as exc:
-                left = current.remaining()
+                left = self._token_left()
                 if left <= 0:
                     log.error("token refresh: %s; the token expired, the broker will disconnect", exc)
                     return
@@ -688,17 +796,18 @@ class Uplink:
             backoff.reset()
             if fresh.same_as(current):
                 # The file source has nothing newer yet; look again later (it warns before expiry).
-                await asyncio.sleep(min(30.0, max(1.0, current.remaining() / 10)))
+                await asyncio.sleep(min(30.0, max(1.0, self._token_left() / 10)))
                 continue
             outcome = await self._reauthenticate(conn, fresh)
             if outcome.accepted:
                 self._use_token(fresh)
                 self._refreshes_ok += 1
-                log.debug("token refreshed in session (%s), %.0f s left", outcome.detail, fresh.remaining())
+                log.debug("token refreshed in session (%s), %.0f s left", outcome.detail, self._token_left())
                 continue
             if conn.ended.done() and conn.auth.refusal is None:
                 return  # the connection ended for another reason, which the reconnect loop logs
             self._refreshes_failed += 1
+            self._source.invalidate()
             log.warning("token refresh refused: %s; reconnecting with a fresh token", outcome.detail)
             conn.end(f"token refresh refused: {outcome.detail}")
             # A normal DISCONNECT: we reconnect at once, so the will (gateway offline) must not fire.
@@ -783,12 +892,14 @@ class Uplink:
             elif refusal is not None:
                 why = f"token refresh refused: {refusal.detail}"
             elif getattr(flags, "is_disconnect_packet_from_server", False):
+                conn.disconnect_code = int(rc.value)
                 why = f"the broker sent DISCONNECT 0x{int(rc.value):02X} {rc.getName()}"
                 if int(rc.value) in THROTTLE_CODES:
                     # What was in flight is lost and resent; the next connection goes slower.
                     self._throttle_streak += 1
                     self._throttle(why)
             else:
+                conn.lost = True
                 why = f"connection lost ({rc.getName()})"
             conn.end(why)
             on_disconnect(c, userdata, flags, rc, props)
@@ -831,8 +942,10 @@ class Uplink:
             return f"cannot connect: {cause.strerror or cause}"
         return f"cannot connect: {exc}"
 
-    async def _run_connection(self, token: Token, tls: ssl.SSLContext | None, backoff: Backoff) -> str:
-        """One connection from CONNECT to its end: returns why it ended; UplinkError if it never began."""
+    async def _run_connection(
+        self, token: Token, tls: ssl.SSLContext | None, backoff: Backoff
+    ) -> _Connection:
+        """One connection from CONNECT to its end (``ended`` holds why); UplinkError if it never began."""
         conn = self._new_connection(token, tls)
         try:
             await conn.client.__aenter__()
@@ -842,7 +955,8 @@ class Uplink:
                 raise ConnectRefused(conn.connack_code, text) from exc
             raise UplinkError(text) from exc
         try:
-            return await self._serve(conn, backoff)
+            await self._serve(conn, backoff)
+            return conn
         finally:
             # Graceful DISCONNECT when we leave on our own (cancellation); no-op after a broker disconnect.
             # The exception aiomqtt stored for an unexpected disconnect is read so asyncio does not warn.
@@ -852,6 +966,7 @@ class Uplink:
             await conn.client.__aexit__(None, None, None)
 
     async def _serve(self, conn: _Connection, backoff: Backoff) -> str:
+        """Serve an accepted connection until it ends; the backoff is reset by ``run`` once it was stable."""
         cfg = self._config
         props = conn.connack_properties
         receive_max = int(getattr(props, "ReceiveMaximum", 65535))
@@ -863,9 +978,7 @@ class Uplink:
         # Nothing counts as subscribed on a new connection until its SUBACKs say so.
         self._confirmed.clear()
         self._connected_since = time.time()
-        if not self._throttle_streak:
-            # After throttling DISCONNECTs with no delivery between them the delay keeps growing: no storm.
-            backoff.reset()
+        conn.opened_at = time.monotonic()
         recovered = f" after {self._failures} failed attempts" if self._failures else ""
         self._failing, self._failures = None, 0
         log.info(
@@ -899,9 +1012,11 @@ class Uplink:
         helpers = [asyncio.create_task(self._keep_subscribed(conn), name="uplink.subscribe")]
         if cfg.refresh.enabled:
             helpers.append(asyncio.create_task(self._refresh_loop(conn), name="uplink.refresh"))
+        stable = asyncio.get_running_loop().call_later(cfg.reconnect.stable_after, self._stable, backoff)
         try:
             return await asyncio.shield(conn.ended)
         finally:
+            stable.cancel()
             conn.open = False
             self._connected.clear()
             self._connected_since = None
@@ -932,19 +1047,18 @@ class Uplink:
                 self._use_token(token)
                 started = time.monotonic()
                 try:
-                    why = await self._run_connection(token, tls, backoff)
+                    conn = await self._run_connection(token, tls, backoff)
                 except UplinkError as exc:
+                    if isinstance(exc, ConnectRefused) and exc.reason_code in TOKEN_REFUSED:
+                        # Otherwise a caching source (oauth2, azure) would hand the refused token back.
+                        self._source.invalidate()
                     self._fail(str(exc))
                     await asyncio.sleep(backoff.next())
                     continue
-                log.warning(
-                    "uplink disconnected from %s:%d after %.1f s: %s; reconnecting",
-                    cfg.host,
-                    cfg.port,
-                    time.monotonic() - started,
-                    why,
-                )
-                await asyncio.sleep(backoff.next())
+                why = conn.ended.result() if conn.ended.done() else "ended"
+                up = time.monotonic() - (conn.opened_at if conn.opened_at is not None else started)
+                delay = self._after_connection(conn, up, why, backoff)
+                await asyncio.sleep(delay)
         finally:
             self._conn = None
             self._connected.clear()

@@ -44,8 +44,14 @@ def message(seq: int, *, ts: float | None = None, size: int = 0, qos: int = 1) -
 class Running:
     """A store with its background task, as the gateway runs it."""
 
-    def __init__(self, state_dir: Path, config: StoreSettings, clock: Callable[[], float] = time.time):
-        self.store = SqliteStore(config, state_dir, clock=clock)
+    def __init__(
+        self,
+        state_dir: Path,
+        config: StoreSettings,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
+        self.store = SqliteStore(config, state_dir, clock=clock, monotonic=monotonic)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SqliteStore:
@@ -231,7 +237,9 @@ async def test_max_disk_size_drops_the_oldest(state_dir: Path) -> None:
 
 async def test_messages_older_than_max_age_are_dropped(state_dir: Path) -> None:
     now = [1_000_000.0]
-    async with Running(state_dir, settings(max_age=60.0), clock=lambda: now[0]) as store:
+    # Both clocks stand still: the ages are the ones the stamps give.
+    frozen = Running(state_dir, settings(max_age=60.0), clock=lambda: now[0], monotonic=lambda: 500.0)
+    async with frozen as store:
         for seq in range(1, 301):
             store.append(message(seq, ts=now[0] - 300.5 + seq))  # ages 299.5 s ... 0.5 s
         await store.sync()
@@ -239,6 +247,29 @@ async def test_messages_older_than_max_age_are_dropped(state_dir: Path) -> None:
         await wait_until(lambda: len(store) == 60, timeout=5)
         assert store.dropped == 240
         assert await take_seqs(store, 60) == list(range(241, 301))
+
+
+async def test_a_wall_clock_step_of_a_year_expires_nothing(state_dir: Path) -> None:
+    """A Pi without RTC boots with a stale clock; NTP then steps it forward by a year. Ages are judged by
+    the monotonic clock, so the step expires nothing, and messages still age and expire as before."""
+    wall, mono = [1_000_000.0], [500.0]
+    year = 365 * 24 * 3600.0
+    running = Running(state_dir, settings(max_age=60.0), clock=lambda: wall[0], monotonic=lambda: mono[0])
+    async with running as store:
+        for seq in range(1, 101):
+            store.append(message(seq, ts=wall[0] - 30))  # 30 s old
+        await store.sync()
+        wall[0] += year
+        mono[0] += 20  # 50 s old now
+        for seq in range(101, 111):
+            store.append(message(seq, ts=wall[0]))  # stamped after the step
+        store._sweep()  # what the store's task does every second, run now so the step cannot hide
+        assert len(store) == 110 and store.dropped == 0
+
+        mono[0] += 15  # the first hundred are 65 s old, the last ten 15 s
+        store._sweep()
+        assert len(store) == 10 and store.dropped == 100
+        assert await take_seqs(store, 10) == list(range(101, 111))
 
 
 @pytest.fixture

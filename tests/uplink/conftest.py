@@ -93,6 +93,9 @@ class RecordingSource:
     def description(self) -> str:
         return "test " + self._signer.description
 
+    def invalidate(self) -> None:
+        self._signer.invalidate()
+
     async def get_token(self) -> Token:
         self.handed_out += 1
         if self.queued:

@@ -74,6 +74,7 @@ timeout = 3
 [uplink.reconnect]
 initial = 0.5
 max = 30
+stable_after = 45
 [uplink.birth]
 topic = "sites/{site}/gateways/{gateway}/status"
 payload = '{"state": "online", "gateway": "{gateway}"}'
@@ -105,6 +106,7 @@ publish_topics = ["sites/plant-7/#"]
         0,
     )
     assert cfg.refresh.timeout == 3 and cfg.reconnect.initial == 0.5 and cfg.reconnect.maximum == 30
+    assert cfg.reconnect.stable_after == 45
     assert cfg.will is not None and cfg.will.retain and cfg.will.delay == 10
     assert isinstance(cfg.token, SignerTokenConfig)
     assert cfg.token.subject == "gw-1"  # username wins over client id

@@ -1,9 +1,11 @@
-"""Re-authentication answers that Debian 12's mosquitto 2.0.11 never gives.
+"""Re-authentication and takeover answers that Debian 12's mosquitto 2.0.11 never gives.
 
 mosquitto >= 2.0.13 answers a refused AUTH with DISCONNECT 0x87 (2.0.11 sends CONNACK 0x87, covered
 against the real broker in test_uplink_broker.py); a broker may also never answer, or ask to continue
-(AUTH 0x18), which JWT methods never need. No packaged broker here behaves like that, so a scripted
-MQTT v5 peer on a real TCP socket plays the broker's side of exactly these exchanges.
+(AUTH 0x18), which JWT methods never need. mosquitto 2.0.11 closes a session another client took over
+without the DISCONNECT 0x8E (Session taken over) that MQTT v5 and Event Grid send. No packaged broker
+here behaves like that, so a scripted MQTT v5 peer on a real TCP socket plays the broker's side of
+exactly these exchanges.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,10 @@ class ScriptedBroker:
                 kind = head >> 4
                 if kind == 1:  # CONNECT
                     writer.write(packet(0x20, b"\x00\x00" + encode_properties([(PROP_RECEIVE_MAXIMUM, 20)])))
+                    if self.answer == "takeover":  # another client with our client id connected
+                        writer.write(packet(0xE0, b"\x8e\x00"))
+                        await writer.drain()
+                        return
                 elif kind == 3:  # PUBLISH, QoS 1: PUBACK success
                     topic_len = int.from_bytes(body[:2], "big")
                     writer.write(packet(0x40, body[2 + topic_len : 4 + topic_len] + b"\x00"))
@@ -159,6 +165,9 @@ class FlakySource:
         self.auth_method = signer.auth_method
         self.description = "flaky test signer"
 
+    def invalidate(self) -> None:
+        self._signer.invalidate()
+
     async def get_token(self) -> Token:
         if self.failures_left:
             self.failures_left -= 1
@@ -183,3 +192,28 @@ async def test_a_failed_token_fetch_is_retried_while_the_current_token_is_valid(
     warned = [m for level, m in lines if level == logging.WARNING]
     assert len(warned) == 1 and "token service unreachable" in warned[0] and "retrying" in warned[0]
     assert (logging.INFO, "token refresh: a fresh token was obtained again") in lines
+
+
+async def test_a_session_takeover_loop_is_logged_once_with_its_reason_code_and_backed_off(
+    key: Path, caplog: pytest.LogCaptureFixture, watch: LogWatch
+) -> None:
+    """Each CONNECT is accepted, then the session is taken over (DISCONNECT 0x8E) at once; later the
+    other client goes away and a connection stays up."""
+    caplog.set_level(logging.DEBUG)
+    async with scripted("takeover") as peer:
+        reconnect = ReconnectConfig(initial=0.05, maximum=0.4, stable_after=1.0)
+        cfg = replace(config(key, peer.port), reconnect=reconnect)
+        uplink = Uplink(cfg, SignerTokenSource(cfg.token), gateway_id="gw-1", site="s")
+        async with running(uplink):
+            await watch.wait_for(lambda: peer.connections >= 6, "six connections", 30)
+            peer.answer = "accept"
+            over = lambda: any("reconnect loop is over" in r.getMessage() for r in caplog.records)  # noqa: E731
+            await watch.wait_for(over, "the end of the loop logged", 30)
+    records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "fieldgate.uplink"]
+    loops = [m for level, m in records if level == logging.ERROR and "loop" in m]
+    assert len(loops) == 1, loops
+    assert loops[0].startswith("uplink: session-takeover loop:")
+    assert "DISCONNECT 0x8E Session taken over" in loops[0] and "client id 'gw-1'" in loops[0]
+    # The first takeover is a warning like any disconnect; from the loop on, only debug lines.
+    warned = [m for level, m in records if level == logging.WARNING]
+    assert len(warned) == 1 and "DISCONNECT 0x8E Session taken over" in warned[0]

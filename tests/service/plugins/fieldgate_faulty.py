@@ -3,8 +3,10 @@
 Its devices misbehave on purpose, the way real drivers with bugs or dead peers do: ``bad_points`` are
 read as BAD quality every cycle (a device that does not answer), ``hang_after`` poll cycles into the run
 the loop either awaits something that never happens (``hang = "await"``, the event loop still turns) or
-blocks the event loop in a synchronous call (``hang = "block"``). ``secret`` takes a secret reference
-(like a driver that logs in to its device), so the secret-file permission check can be exercised.
+blocks the event loop in a synchronous call (``hang = "block"``); ``crash_after`` poll cycles into each run
+the driver raises (a bug), so the gateway's supervisor restarts it again and again. ``secret`` takes a
+secret reference (like a driver that logs in to its device), so the secret-file permission check can be
+exercised.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class FaultyDevice:
     hang: str
     max_silence: float
     secret: Secret | None
+    crash_after: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,8 @@ class FaultyDriver:
                     ]
                 )
                 cycles += 1
+                if d.crash_after and cycles >= d.crash_after:
+                    raise RuntimeError(f"faulty driver bug after {cycles} cycles (on purpose)")
                 if d.hang_after and cycles >= d.hang_after:
                     if d.hang == "block":
                         time.sleep(3600)  # noqa: ASYNC251 - the fault under test: a loop-blocking call
@@ -106,6 +111,7 @@ class FaultyPlugin:
                     hang=table.string("hang", "await", choices=("await", "block")),
                     max_silence=table.number("max_silence", 1.0, positive=True),
                     secret=table.secret("secret", required=False),
+                    crash_after=table.integer("crash_after", 0, minimum=0),
                 )
             )
             table.finish()
