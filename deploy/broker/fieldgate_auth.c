@@ -58,12 +58,16 @@ struct fg_client {
 	time_t exp;
 	fg_grants grants;
 	bool expiry_handled;
+	time_t kicked_at;         /* when the expired connection was last asked to go */
 	bool live;
 	time_t gone_at;
 	struct fg_client *next;
 };
 
 #define WILL_GRACE 310
+/* An expired connection still live this long after its kick is kicked again: a kick that meets the
+ * connection in the middle of another state change can be lost. */
+#define KICK_AGAIN_AFTER 2
 
 struct fg_plugin {
 	mosquitto_plugin_id_t *identifier;
@@ -536,6 +540,12 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_ACL_DENIED;
 }
 
+static bool kick_due(const struct fg_client *c, time_t now)
+{
+	if(!c->live || now < c->exp) return false;
+	return !c->expiry_handled || now - c->kicked_at >= KICK_AGAIN_AFTER;
+}
+
 static int on_tick(int event, void *event_data, void *userdata)
 {
 	(void)event;
@@ -546,19 +556,22 @@ static int on_tick(int event, void *event_data, void *userdata)
 	/* Kicking re-enters on_disconnect (and may publish wills): collect the ids first. */
 	size_t count = 0;
 	for(struct fg_client *c = plugin.clients; c; c = c->next){
-		if(c->live && !c->expiry_handled && now >= c->exp) count++;
+		if(kick_due(c, now)) count++;
 	}
 	if(count == 0) return MOSQ_ERR_SUCCESS;
 	char **ids = calloc(count, sizeof(char *));
 	if(!ids) return MOSQ_ERR_NOMEM;
 	size_t n = 0;
 	for(struct fg_client *c = plugin.clients; c && n < count; c = c->next){
-		if(!c->live || c->expiry_handled || now < c->exp) continue;
-		c->expiry_handled = true;
+		if(!kick_due(c, now)) continue;
 		const char *id = mosquitto_client_id(c->client);
-		mosquitto_log_printf(MOSQ_LOG_NOTICE,
-				LOG_PREFIX "client '%s' token for '%s' expired %lds ago without re-authentication: disconnecting",
-				id ? id : "(no client id)", c->sub, (long)(now - c->exp));
+		if(!c->expiry_handled){
+			mosquitto_log_printf(MOSQ_LOG_NOTICE,
+					LOG_PREFIX "client '%s' token for '%s' expired %lds ago without re-authentication: disconnecting",
+					id ? id : "(no client id)", c->sub, (long)(now - c->exp));
+		}
+		c->expiry_handled = true;
+		c->kicked_at = now;
 		/* Never kick with a NULL id: mosquitto reads that as "every client". */
 		if(id) ids[n++] = strdup(id);
 	}
