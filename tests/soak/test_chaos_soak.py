@@ -33,7 +33,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 
 from gateway.uplink.mqtt_auth import new_properties
-from tests.store.test_store_e2e import Gate, committed_rows, restart_on_same_port
+from tests.store.test_store_e2e import Gate, committed_rows
 from tests.support.broker import LocalBroker
 from tests.support.modbus_peer import BadModbusPeer
 from tests.support.process import GatewayProcess
@@ -336,7 +336,7 @@ async def test_chaos_soak_loses_no_committed_message(broker: LocalBroker, tmp_pa
                     await wait_until(lambda: witness.quiet_for(1.0), 20, "the witness has what was accepted")
                     broker.stop()
                     await asyncio.sleep(hold)
-                    restart_on_same_port(broker)
+                    broker.start()  # on a new port: the gate and the witness follow
                     await wait_until(witness.connected.is_set, 30, "the witness back")
                     gate.open = True
                 elif kind == "network cut":
