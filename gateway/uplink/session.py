@@ -88,6 +88,9 @@ JSON_PROPERTY_BYTES = 2 + 3 + len(JSON_CONTENT_TYPE)
 FINAL_CODES = frozenset({0x87, 0x99})
 #: Answers that mean "too much, slow down" (PUBACK or DISCONNECT): the uplink halves its allowed rate.
 THROTTLE_CODES = frozenset({0x80, 0x83, 0x97})
+#: A PUBACK 0x87 this close to (or after) the token's expiry, by our clock, is taken for the token lapsing
+#: at the broker, whose clock may run a little ahead: the message is resent, not refused.
+TOKEN_LAPSE_SKEW = 5.0
 #: CONNACK codes that refuse the token itself: it is dropped from the source's caches before the next try.
 TOKEN_REFUSED = frozenset({0x86, 0x87, 0x8C})
 #: DISCONNECT reason code: another connection with our client id took the session over.
@@ -606,6 +609,12 @@ class Uplink:
                 self._delivered += 1
                 self._throttle_streak = 0
                 result = PublishResult(PublishOutcome.DELIVERED, code, name)
+            elif code == 0x87 and self._token_left() <= TOKEN_LAPSE_SKEW:
+                # Refused because the token lapsed (the broker judges it by its own clock), not because
+                # the topic is not granted: resent once a new token or connection is in place, and kept
+                # from the permission tracker, which would take the topic for one the token denies.
+                self._lost += 1
+                result = PublishResult(PublishOutcome.LOST, code, f"{name}: the token expired")
             elif code not in FINAL_CODES:
                 # Kept and resent by the caller: the broker may take it later (quota, transient fault).
                 self._retried += 1
