@@ -85,7 +85,7 @@ class GatedSubscriber(Protocol):
 class ExpectedTopic:
     """A topic the gateway will publish to (reported at start and when the grants change)."""
 
-    #: Who publishes there: ``device <name>``, ``birth message``, ``will message``.
+    #: Who publishes there: ``device <name>``, ``gateway batch``, ``birth message``, ``will message``.
     label: str
     topic: str
 

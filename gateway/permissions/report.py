@@ -28,8 +28,10 @@ def device_topics(config: Config) -> list[ExpectedTopic]:
     """Every topic a configured device publishes to (per device, or per point when not batched), and the
     uplink's birth and will topics."""
     g = config.gateway
-    router = Router(g.id, g.site, config.routes, config.telemetry.qos)
+    router = Router(g.id, g.site, config.routes, config.telemetry.qos, telemetry=config.telemetry)
     topics = []
+    if router.gateway_batch_topic is not None:
+        topics.append(ExpectedTopic("gateway batch", router.gateway_batch_topic))
     for route in config.routes:
         if route.batch:
             topics.append(ExpectedTopic(f"device {route.device.name}", router.topic(route)))

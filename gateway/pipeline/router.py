@@ -130,6 +130,11 @@ class Router:
                 {"gateway": self.gateway_id, "site": self.site}
             )
 
+    @property
+    def gateway_batch_topic(self) -> str | None:
+        """Where the gateway-level batch goes, when it is on (``[telemetry] gateway_batch``)."""
+        return self._batch_topic if self.gateway_batch > 0 and self._batch_topic else None
+
     def set_routes(self, routes: Iterable[DeviceRoute]) -> None:
         self._routes = {route.device.name: route for route in routes}
         self._topics.clear()
