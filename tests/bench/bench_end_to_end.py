@@ -310,7 +310,7 @@ def shape_traffic(shape: Shape, telemetry: dict[str, object], seconds: int = 10)
     """(readings, messages, bytes) the router produces for ``seconds`` of the shape (payload + topic)."""
     from gateway.config import parse_config
     from gateway.model import Reading
-    from gateway.pipeline.queue import ReadingQueue, route_pending
+    from gateway.pipeline.queue import ReadingQueue, SetAside, route_pending
     from gateway.store.memory import MemoryStore
 
     toml = ['[gateway]\nid = "gw-bench"\nsite = "bench"\n[telemetry]']
@@ -346,10 +346,8 @@ def shape_traffic(shape: Shape, telemetry: dict[str, object], seconds: int = 10)
                 for i, (point, unit) in enumerate(points)
             ]
             queue.put(readings)
-        route_pending(queue, router, store)
-        flush: Callable[[], list[Any]] | None = getattr(router, "flush", None)
-        if flush is not None:
-            sent.extend(flush())
+        # route_pending ends with the router's flush: one gateway batch per second, as its interval says
+        route_pending(queue, router, store, SetAside())
     readings = sum(len(points) for _, points in shape) * seconds
     size = sum(len(m.payload) + len(m.topic.encode()) for m in sent)
     return readings, len(sent), size
