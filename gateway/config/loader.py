@@ -139,7 +139,19 @@ def _telemetry(table: Table) -> TelemetrySettings:
             minimum=1024,
             maximum=64_000,
         ),
+        point_lists=table.boolean("point_lists", default_of(TelemetrySettings, "point_lists")),
+        point_list_period=table.number(
+            "point_list_period",
+            default_of(TelemetrySettings, "point_list_period"),
+            minimum=1,
+            maximum=7 * 24 * 3600,
+        ),
     )
+    if result.point_lists:
+        if result.format != "compact":
+            table.problem("point_lists", 'needs format = "compact"', True)
+        elif not result.batch:
+            table.problem("point_lists", "needs batch = true (a point list orders one device's points)", True)
     text = table.string("gateway_topic", DEFAULT_GATEWAY_TOPIC)
     if result.gateway_batch > 0:
         if result.format != "compact":

@@ -42,8 +42,8 @@ class TelemetrySettings:
     qos: int = 1
     #: Bound of the queue between drivers and router, in poll cycles; the oldest is dropped when full.
     reading_queue: int = 10_000
-    #: "default": the documented JSON; "compact": short keys, good quality implied, no units
-    #: (``gateway/pipeline/compact-payload.schema.json``).
+    #: "default": the documented JSON; "compact": short keys, good quality implied, no units unless
+    #: ``point_lists`` (``gateway/pipeline/compact-payload.schema.json``).
     format: str = "default"
     #: Seconds; > 0 (compact only): one message per interval carrying every device that polled in it.
     gateway_batch: float = 0.0
@@ -52,6 +52,11 @@ class TelemetrySettings:
     #: Payload bound of one gateway-level batch: under Event Grid's 64 KB in-flight bandwidth, so one
     #: message never blocks the window on its own (the packet limit, 512 KiB, is larger).
     gateway_batch_bytes: int = 48 * 1024
+    #: Compact only: device entries carry their values in the order of a point list (names and units)
+    #: that is sent in full when it is new and every ``point_list_period`` seconds, not point names.
+    point_lists: bool = False
+    #: Seconds between two entries of a device that carry its whole point list.
+    point_list_period: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)

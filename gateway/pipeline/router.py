@@ -18,7 +18,9 @@ moment than the message's ``ts`` carries its own ``"ts"``. A message routed whil
 set yet (``gateway.pipeline.clock``) carries ``"clock": "unsynced"``; otherwise there is no such key.
 
 ``format = "compact"`` (opt-in) writes ``compact-payload.schema.json`` instead, and ``gateway_batch``
-(compact only) gathers every device that polled in an interval into one message; see README.md.
+(compact only) gathers every device that polled in an interval into one message; with ``point_lists``
+a device entry carries its values in the order of a point list sent now and then instead of point
+names; see README.md.
 
 A :class:`PointBatch` (the drivers' per-cycle fast path) is encoded from its columns: the JSON text is
 assembled from per-point fragments cached by name and unit, with no dictionary per point. The text is
@@ -27,6 +29,7 @@ the one ``json`` would write for the same readings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -75,6 +78,68 @@ def _columns(
     return [r.point for r in readings], [r.value for r in readings], [r.timestamp for r in readings], bad
 
 
+#: A device's point list grows by the points it has not reported before (a serial sensor whose lines
+#: do not all carry every field keeps one list); beyond this size the list starts again from the cycle's
+#: own points, so a device reporting ever new names cannot grow it without bound.
+_POINT_LIST_MAX_BYTES = 16 * 1024
+
+
+@dataclass(slots=True)
+class PointList:
+    """The order a device's compact entries carry their values in (``[telemetry] point_lists``).
+
+    Its key is the first 8 hex digits of BLAKE2b (4-byte digest) over the UTF-8 text
+    ``[[names...],[units...]]`` (compact JSON): the same list has the same key across restarts and
+    gateways, so a consumer may keep lists it has seen.
+    """
+
+    names: tuple[str, ...]
+    units: tuple[str | None, ...]
+    index: dict[str, int]
+    key: str
+    #: ``,"l":[..],"u":[..]``: what an entry that carries the list adds.
+    text: str
+    #: Monotonic time it was last carried by an entry (never: -inf).
+    sent_at: float = -math.inf
+
+    @classmethod
+    def of(cls, names: Sequence[str], units: Sequence[str | None]) -> PointList:
+        names_text, units_text = _encode(list(names)), _encode(list(units))
+        key = hashlib.blake2b(f"[{names_text},{units_text}]".encode(), digest_size=4).hexdigest()
+        index: dict[str, int] = {}
+        for i, name in enumerate(names):
+            index.setdefault(name, i)
+        return cls(tuple(names), tuple(units), index, key, f',"l":{names_text},"u":{units_text}')
+
+    def where(self, names: Sequence[str], units: Sequence[str | None]) -> list[int] | None:
+        """The list index of each point of a cycle; None when one is not in the list (or its unit
+        differs)."""
+        index, own_units = self.index, self.units
+        out: list[int] = []
+        for name, unit in zip(names, units, strict=True):
+            j = index.get(name)
+            if j is None or own_units[j] != unit:
+                return None
+            out.append(j)
+        return out
+
+    def grown(self, names: Sequence[str], units: Sequence[str | None]) -> PointList | None:
+        """This list with a cycle's new points added (and its units where they changed); None when
+        that would make it larger than a list should be."""
+        merged_names, merged_units = list(self.names), list(self.units)
+        index = dict(self.index)
+        for name, unit in zip(names, units, strict=True):
+            j = index.get(name)
+            if j is None:
+                index[name] = len(merged_names)
+                merged_names.append(name)
+                merged_units.append(unit)
+            else:
+                merged_units[j] = unit
+        grown = PointList.of(merged_names, merged_units)
+        return None if len(grown.text) > _POINT_LIST_MAX_BYTES else grown
+
+
 @dataclass
 class RouterCounters:
     readings: int = 0
@@ -110,6 +175,10 @@ class Router:
         self._names: dict[str, str] = {}
         self.compact = False
         self.gateway_batch = 0.0
+        self.point_lists = False
+        self._point_list_period = 600.0
+        #: device -> its point list (``point_lists``); one per routed device.
+        self._lists: dict[str, PointList] = {}
         self._batch_topic = ""
         self._batch_bytes = 48 * 1024
         #: The gateway-level batch being filled: (device entry JSON text, its newest timestamp).
@@ -125,6 +194,8 @@ class Router:
         self.compact = telemetry.format == "compact"
         self.gateway_batch = telemetry.gateway_batch if self.compact else 0.0
         self._batch_bytes = telemetry.gateway_batch_bytes
+        self.point_lists = self.compact and telemetry.point_lists
+        self._point_list_period = telemetry.point_list_period
         if telemetry.gateway_topic is not None:
             self._batch_topic = telemetry.gateway_topic.render(
                 {"gateway": self.gateway_id, "site": self.site}
@@ -291,6 +362,75 @@ class Router:
             text += f',"q":{{{",".join(q)}}}'
         return text
 
+    def _entry(self, device: str, readings: Sequence[Reading], ts: float) -> str:
+        if self.point_lists:
+            return self._list_entry(device, readings, ts)
+        return self._device_entry(device, readings, range(len(readings)), ts)
+
+    def _point_list(
+        self, device: str, names: Sequence[str], units: Sequence[str | None]
+    ) -> tuple[PointList, list[int] | None]:
+        """The device's point list for a cycle, and where the cycle's points are in it (None: the
+        whole list, in order)."""
+        current = self._lists.get(device)
+        if current is not None:
+            same = len(names) == len(current.names) and tuple(names) == current.names
+            if same and tuple(units) == current.units:
+                return current, None
+            where = current.where(names, units)
+            if where is not None:
+                return current, where
+            grown = current.grown(names, units)
+            where = None if grown is None else grown.where(names, units)
+            if grown is not None and where is not None:
+                self._lists[device] = grown
+                return grown, None if where == list(range(len(grown.names))) else where
+        # The first cycle, or one no list can take (too many points, a name twice with two units):
+        # the cycle's own points, in order.
+        self._lists[device] = current = PointList.of(names, units)
+        return current, None
+
+    def _list_entry(self, device: str, readings: Sequence[Reading], ts: float) -> str:
+        """``{"n":device,"k":key,"i":[..],"v":[..],"pt":{..},"q":{..},"l":[..],"u":[..]`` (open), where
+        ``i``, ``pt`` and ``q`` are there only when needed and ``l``/``u`` only when the list is due."""
+        names, values, stamps, bad = _columns(readings)
+        units = readings.units if isinstance(readings, PointBatch) else [r.unit for r in readings]
+        plist, where = self._point_list(device, names, units)
+        isfinite, float_repr, int_repr = math.isfinite, float.__repr__, int.__repr__
+        v: list[str] = []
+        pt: list[str] = []
+        q: list[str] = []
+        for i, (value, stamp) in enumerate(zip(values, stamps, strict=True)):
+            # The value's text inlined for the two common kinds: this loop runs once per reading.
+            kind = type(value)
+            if kind is float and isfinite(value):  # type: ignore[arg-type]
+                v.append(float_repr(value))
+            elif kind is int:
+                v.append(int_repr(value))
+            else:
+                v.append(_value_text(value))
+                if kind is float:  # NaN or an infinity: null, bad (the rule of clean_reading)
+                    j = i if where is None else where[i]
+                    q.append(f'"{j}":{_encode([Quality.BAD.value, f"{NOT_FINITE} ({value})"])}')
+            if stamp != ts:
+                pt.append(f'"{i if where is None else where[i]}":{_value_text(stamp)}')
+        for i, (quality, reason) in bad.items():
+            j = i if where is None else where[i]
+            q.append(f'"{j}":{_encode([quality.value, reason] if reason else [quality.value])}')
+        text = f'{{"n":{self._name(device)},"k":"{plist.key}"'
+        if where is not None:
+            text += f',"i":{_encode(where)}'
+        text += f',"v":[{",".join(v)}]'
+        if pt:
+            text += f',"pt":{{{",".join(pt)}}}'
+        if q:
+            text += f',"q":{{{",".join(q)}}}'
+        now = time.monotonic()
+        if now - plist.sent_at >= self._point_list_period:
+            plist.sent_at = now
+            text += plist.text
+        return text
+
     def _compact_message(self, topic: str, ts: float, entries: Sequence[str], device: str) -> Message:
         seq = self.next_seq
         self.next_seq += 1
@@ -313,7 +453,7 @@ class Router:
                 messages.append(self._compact_message(self.topic(route, point), stamps[i], [entry], device))
         elif self.gateway_batch > 0:
             ts = max(stamps)
-            entry = self._device_entry(device, readings, range(len(readings)), ts)
+            entry = self._entry(device, readings, ts)
             entry += f',"t":{_value_text(ts)}}}'
             # Room for the envelope: {"s":..,"g":..,"t":..,"d":{..}}
             size = len(entry.encode()) + 1
@@ -327,7 +467,7 @@ class Router:
             self._pending_bytes += size
         else:
             ts = max(stamps)
-            entry = self._device_entry(device, readings, range(len(readings)), ts) + "}"
+            entry = self._entry(device, readings, ts) + "}"
             messages.append(self._compact_message(self.topic(route), ts, [entry], device))
         self.counters.messages += len(messages)
         return messages

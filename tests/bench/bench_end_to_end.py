@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -303,6 +303,7 @@ PAYLOAD_MODES: dict[str, dict[str, object]] = {
     "default": {},
     "compact": {"format": "compact"},
     "compact + gateway batch 1 s": {"format": "compact", "gateway_batch": 1.0},
+    "compact + point lists + batch 1 s": {"format": "compact", "gateway_batch": 1.0, "point_lists": True},
 }
 
 
@@ -369,7 +370,7 @@ def throughput_table() -> None:
             per_tu = readings / seconds * min(TU_MESSAGES / (messages / seconds), TU_BYTES / (size / seconds))
             base = base or per_tu
             print(
-                f"{shape_name:36}{mode:30}{size / readings:>10.1f}{messages / seconds:>8.0f}"
+                f"{shape_name:36}{mode:36}{size / readings:>10.1f}{messages / seconds:>8.0f}"
                 f"{per_tu:>13,.0f}{per_tu / base:>10.1f}x"
             )
 

@@ -61,20 +61,37 @@ def meter_cycle(ts: float) -> list[Reading]:
     ]
 
 
-def rebuild(payload: bytes) -> list[tuple[str, str, object, float, str, str | None]]:
-    """What a consumer of the compact form does: every reading back, from the message alone."""
+Rebuilt = list[tuple[str, str, object, float, str, str | None]]
+#: A consumer's memory of point lists: key -> (names, units).
+Lists = dict[str, tuple[list[str], list[str | None]]]
+
+
+def rebuild(payload: bytes, lists: Lists | None = None) -> Rebuilt:
+    """What a consumer of the compact form does: every reading back, from the message alone (and the
+    point lists earlier messages carried)."""
+    lists = {} if lists is None else lists
     message = json.loads(payload)
     out = []
     for entry in message["d"]:
         entry_ts = entry.get("t", message["t"])
-        for point, value in entry["p"].items():
-            quality = entry.get("q", {}).get(point, ["good"])
+        if "k" in entry:
+            if "l" in entry:
+                lists[entry["k"]] = (entry["l"], entry["u"])
+            names = lists[entry["k"]][0]
+            keyed = [
+                (str(j), names[j], value)
+                for j, value in zip(entry.get("i", range(len(names))), entry["v"], strict=True)
+            ]
+        else:
+            keyed = [(point, point, value) for point, value in entry["p"].items()]
+        for key, point, value in keyed:
+            quality = entry.get("q", {}).get(key, ["good"])
             out.append(
                 (
                     entry["n"],
                     point,
                     value,
-                    entry.get("pt", {}).get(point, entry_ts),
+                    entry.get("pt", {}).get(key, entry_ts),
                     quality[0],
                     quality[1] if len(quality) > 1 else None,
                 )
@@ -210,7 +227,146 @@ def test_gateway_batch_without_the_compact_format_is_refused_with_its_key() -> N
     assert "compact" in str(caught.value)
 
 
-async def test_the_running_gateway_sends_gateway_batches_a_consumer_can_read(tmp_path: Path) -> None:
+def test_with_point_lists_the_values_follow_a_list_sent_once_and_units_come_back() -> None:
+    router = Router(
+        "gw-1", "plant", routes(METER), qos=1, telemetry=telemetry(format="compact", point_lists=True)
+    )
+    lists: Lists = {}
+
+    first, second = (router.route(batch_of(meter_cycle(ts)))[0] for ts in (1000.0, 1001.0))
+
+    for message, ts in ((first, 1000.0), (second, 1001.0)):
+        jsonschema.validate(json.loads(message.payload), SCHEMA)
+        assert rebuild(message.payload, lists) == as_tuples(meter_cycle(ts))
+    ((key, (names, units)),) = lists.items()
+    assert (names, units) == (["power", "status", "ok"], ["kW", None, None])
+    entry = json.loads(second.payload)["d"][0]
+    assert entry == {
+        "n": "meter-1",
+        "k": key,
+        "v": [12.5, None, True],
+        "pt": {"1": 1000.75, "2": 1000.75},
+        "q": {"1": ["bad", "timeout after 1s"]},
+    }
+    assert "l" in json.loads(first.payload)["d"][0]
+
+
+def test_a_point_list_key_is_the_same_for_the_same_list_on_any_gateway() -> None:
+    def first_key(gateway: str) -> str:
+        router = Router(
+            gateway, "plant", routes(METER), qos=1, telemetry=telemetry(format="compact", point_lists=True)
+        )
+        return str(json.loads(router.route(batch_of(meter_cycle(5.0)))[0].payload)["d"][0]["k"])
+
+    assert first_key("gw-1") == first_key("gw-2")
+
+
+def test_a_cycle_with_some_points_or_new_ones_is_told_by_list_position() -> None:
+    device = DeviceInfo("s", "serial", (PointInfo("t", "°C"), PointInfo("rh", "%"), PointInfo("co2", "ppm")))
+    router = Router(
+        "gw-1", "plant", routes(device), qos=1, telemetry=telemetry(format="compact", point_lists=True)
+    )
+    lists: Lists = {}
+    cycles = [
+        [Reading("s", "t", 20.5, "°C", 1.0), Reading("s", "rh", 40, "%", 1.0)],
+        [Reading("s", "rh", 41, "%", 2.0)],  # on change: only what moved
+        [Reading("s", "co2", 415, "ppm", 3.0), Reading("s", "t", 20.7, "°C", 3.0)],  # a field not seen yet
+        [Reading("s", "rh", 42, "%", 4.0)],
+        [Reading("s", "t", 20.5, "°F", 5.0)],  # its unit changed: a new list
+    ]
+
+    entries = []
+    for cycle in cycles:
+        (message,) = router.route(cycle)
+        jsonschema.validate(json.loads(message.payload), SCHEMA)
+        assert rebuild(message.payload, lists) == as_tuples(cycle)
+        entries.append(json.loads(message.payload)["d"][0])
+
+    assert entries[1]["i"] == [1] and "l" not in entries[1]
+    assert entries[2]["l"] == ["t", "rh", "co2"] and entries[2]["i"] == [2, 0]
+    assert entries[3]["k"] == entries[2]["k"] and entries[3]["i"] == [1]
+    assert lists[entries[4]["k"]][1][0] == "°F"
+    assert len(lists) == 3
+
+
+def test_the_point_list_is_sent_again_every_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr("gateway.pipeline.router.time.monotonic", lambda: now[0])
+    router = Router(
+        "gw-1",
+        "plant",
+        routes(METER),
+        qos=1,
+        telemetry=telemetry(format="compact", point_lists=True, point_list_period=60),
+    )
+
+    def carries_list() -> bool:
+        return "l" in json.loads(router.route(batch_of(meter_cycle(now[0])))[0].payload)["d"][0]
+
+    seen = []
+    for step in (0, 30, 29.9, 0.2, 30):
+        now[0] += step
+        seen.append(carries_list())
+
+    assert seen == [True, False, False, True, False]
+
+
+def test_non_finite_values_with_point_lists_are_null_and_bad_by_position() -> None:
+    router = Router(
+        "gw-1", "plant", routes(METER), qos=1, telemetry=telemetry(format="compact", point_lists=True)
+    )
+
+    (message,) = router.route(batch_of([Reading("meter-1", "power", math.nan, "kW", 5.0)]))
+
+    jsonschema.validate(json.loads(message.payload), SCHEMA)
+    entry = json.loads(message.payload)["d"][0]
+    assert entry["v"] == [None]
+    assert entry["q"] == {"0": ["bad", "not a finite number (nan)"]}
+
+
+def test_gateway_batch_with_point_lists_rebuilds_every_reading() -> None:
+    router = Router(
+        "gw-1",
+        "plant",
+        routes(METER, *SENSORS),
+        qos=1,
+        telemetry=telemetry(format="compact", gateway_batch=1.0, point_lists=True),
+    )
+    lists: Lists = {}
+    for interval in range(2):
+        sent: list[Reading] = []
+        for second in range(2):
+            cycle = meter_cycle(1000.0 + 2 * interval + second)
+            sent += cycle
+            router.route(batch_of(cycle))
+        for i, sensor in enumerate(SENSORS):
+            cycle = [
+                Reading(sensor.name, "t", 20.5 + i, "°C", 1000.2),
+                Reading(sensor.name, "rh", 40, "%", 1000.2),
+            ]
+            sent += cycle
+            router.route(cycle)
+        (message,) = router.flush()
+        jsonschema.validate(json.loads(message.payload), SCHEMA)
+        assert rebuild(message.payload, lists) == as_tuples(sent)
+        # every list rides once, on the first interval's first entry of each device
+        assert sum("l" in e for e in json.loads(message.payload)["d"]) == (4 if interval == 0 else 0)
+
+
+@pytest.mark.parametrize(
+    "other", [{}, {"format": "compact", "batch": False}], ids=["default format", "unbatched"]
+)
+def test_point_lists_need_the_compact_format_and_batched_devices(other: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        telemetry(point_lists=True, **other)
+
+    assert "telemetry.point_lists" in str(caught.value)
+
+
+@pytest.mark.parametrize("point_lists", [False, True], ids=["point names", "point lists"])
+async def test_the_running_gateway_sends_gateway_batches_a_consumer_can_read(
+    tmp_path: Path, point_lists: bool
+) -> None:
     from tests.support.process import GatewayProcess
 
     config = tmp_path / "gateway.toml"
@@ -223,7 +379,9 @@ async def test_the_running_gateway_sends_gateway_batches_a_consumer_can_read(tmp
     config.write_text(
         f'[gateway]\nid = "gw-1"\nsite = "plant"\nstats_interval = 0\nstate_dir = "{tmp_path}"\n'
         '[store]\nkind = "memory"\n'
-        '[telemetry]\nformat = "compact"\ngateway_batch = 0.5\n' + devices
+        '[telemetry]\nformat = "compact"\ngateway_batch = 0.5\n'
+        + f"point_lists = {str(point_lists).lower()}\n"
+        + devices
     )
     process = await GatewayProcess(["run", "--config", str(config), "--dry-run"]).start()
     try:
@@ -238,10 +396,11 @@ async def test_the_running_gateway_sends_gateway_batches_a_consumer_can_read(tmp
     batches = [
         line.split(" ", 1)[1] for line in process.stdout if line.startswith("sites/plant/gw-1/telemetry ")
     ]
+    lists: Lists = {}
     for text in batches:
         jsonschema.validate(json.loads(text), SCHEMA)
+        readings = rebuild(text.encode(), lists)
     devices_in_last = {entry["n"] for entry in json.loads(batches[-1])["d"]}
     assert devices_in_last == {"sensor-0", "sensor-1", "sensor-2"}
-    readings = rebuild(batches[-1].encode())
     assert {(r[0], r[1]) for r in readings} == {(f"sensor-{i}", p) for i in range(3) for p in ("t", "rh")}
     assert all(r[4] == "good" and isinstance(r[2], float) for r in readings)
