@@ -41,6 +41,11 @@ def telemetry(**keys: Any) -> TelemetrySettings:
     return parse_config(text, Path("t.toml")).telemetry
 
 
+def compact_router(*devices: DeviceInfo, gateway: str = "gw-1", **keys: Any) -> Router:
+    """A router with ``format = "compact"`` and the other ``[telemetry]`` keys given."""
+    return Router(gateway, "plant", routes(*devices), qos=1, telemetry=telemetry(format="compact", **keys))
+
+
 def batch_of(readings: list[Reading]) -> PointBatch:
     bad = {i: (r.quality, r.reason) for i, r in enumerate(readings) if r.quality is not Quality.GOOD}
     return PointBatch(
@@ -139,7 +144,7 @@ def test_a_point_batch_still_reads_as_readings() -> None:
 
 
 def test_compact_payload_validates_and_gives_back_every_reading_but_units() -> None:
-    router = Router("gw-1", "plant", routes(METER), qos=1, telemetry=telemetry(format="compact"))
+    router = compact_router(METER)
     readings = meter_cycle(1764400000.5)
 
     (message,) = router.route(batch_of(readings))
@@ -151,7 +156,7 @@ def test_compact_payload_validates_and_gives_back_every_reading_but_units() -> N
 
 
 def test_compact_non_finite_values_are_null_and_bad_as_everywhere() -> None:
-    router = Router("gw-1", "plant", routes(METER), qos=1, telemetry=telemetry(format="compact"))
+    router = compact_router(METER)
 
     (message,) = router.route([Reading("meter-1", "power", math.inf, "kW", 5.0)])
 
@@ -162,13 +167,7 @@ def test_compact_non_finite_values_are_null_and_bad_as_everywhere() -> None:
 
 
 def test_gateway_batch_carries_every_device_that_polled_in_one_message() -> None:
-    router = Router(
-        "gw-1",
-        "plant",
-        routes(METER, *SENSORS),
-        qos=1,
-        telemetry=telemetry(format="compact", gateway_batch=1.0),
-    )
+    router = compact_router(METER, *SENSORS, gateway_batch=1.0)
     sent: list[Reading] = []
     for second in range(2):  # the meter polls twice within the interval: two entries
         cycle = meter_cycle(1000.0 + second)
@@ -197,13 +196,7 @@ def test_gateway_batch_splits_before_its_byte_bound() -> None:
         DeviceInfo(f"meter-{i:03}", "modbus", tuple(PointInfo(f"p{j:03}") for j in range(100)))
         for i in range(60)
     ]
-    router = Router(
-        "gw-1",
-        "plant",
-        routes(*many),
-        qos=1,
-        telemetry=telemetry(format="compact", gateway_batch=1.0, gateway_batch_bytes=16_000),
-    )
+    router = compact_router(*many, gateway_batch=1.0, gateway_batch_bytes=16_000)
     sent: list[Reading] = []
     messages = []
     for device in many:
@@ -228,9 +221,7 @@ def test_gateway_batch_without_the_compact_format_is_refused_with_its_key() -> N
 
 
 def test_with_point_lists_the_values_follow_a_list_sent_once_and_units_come_back() -> None:
-    router = Router(
-        "gw-1", "plant", routes(METER), qos=1, telemetry=telemetry(format="compact", point_lists=True)
-    )
+    router = compact_router(METER, point_lists=True)
     lists: Lists = {}
 
     first, second = (router.route(batch_of(meter_cycle(ts)))[0] for ts in (1000.0, 1001.0))
@@ -253,9 +244,7 @@ def test_with_point_lists_the_values_follow_a_list_sent_once_and_units_come_back
 
 def test_a_point_list_key_is_the_same_for_the_same_list_on_any_gateway() -> None:
     def first_key(gateway: str) -> str:
-        router = Router(
-            gateway, "plant", routes(METER), qos=1, telemetry=telemetry(format="compact", point_lists=True)
-        )
+        router = compact_router(METER, gateway=gateway, point_lists=True)
         return str(json.loads(router.route(batch_of(meter_cycle(5.0)))[0].payload)["d"][0]["k"])
 
     assert first_key("gw-1") == first_key("gw-2")
@@ -263,9 +252,7 @@ def test_a_point_list_key_is_the_same_for_the_same_list_on_any_gateway() -> None
 
 def test_a_cycle_with_some_points_or_new_ones_is_told_by_list_position() -> None:
     device = DeviceInfo("s", "serial", (PointInfo("t", "°C"), PointInfo("rh", "%"), PointInfo("co2", "ppm")))
-    router = Router(
-        "gw-1", "plant", routes(device), qos=1, telemetry=telemetry(format="compact", point_lists=True)
-    )
+    router = compact_router(device, point_lists=True)
     lists: Lists = {}
     cycles = [
         [Reading("s", "t", 20.5, "°C", 1.0), Reading("s", "rh", 40, "%", 1.0)],
@@ -292,13 +279,7 @@ def test_a_cycle_with_some_points_or_new_ones_is_told_by_list_position() -> None
 def test_the_point_list_is_sent_again_every_period(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
     monkeypatch.setattr("gateway.pipeline.router.time.monotonic", lambda: now[0])
-    router = Router(
-        "gw-1",
-        "plant",
-        routes(METER),
-        qos=1,
-        telemetry=telemetry(format="compact", point_lists=True, point_list_period=60),
-    )
+    router = compact_router(METER, point_lists=True, point_list_period=60)
 
     def carries_list() -> bool:
         return "l" in json.loads(router.route(batch_of(meter_cycle(now[0])))[0].payload)["d"][0]
@@ -312,9 +293,7 @@ def test_the_point_list_is_sent_again_every_period(monkeypatch: pytest.MonkeyPat
 
 
 def test_non_finite_values_with_point_lists_are_null_and_bad_by_position() -> None:
-    router = Router(
-        "gw-1", "plant", routes(METER), qos=1, telemetry=telemetry(format="compact", point_lists=True)
-    )
+    router = compact_router(METER, point_lists=True)
 
     (message,) = router.route(batch_of([Reading("meter-1", "power", math.nan, "kW", 5.0)]))
 
@@ -325,13 +304,7 @@ def test_non_finite_values_with_point_lists_are_null_and_bad_by_position() -> No
 
 
 def test_gateway_batch_with_point_lists_rebuilds_every_reading() -> None:
-    router = Router(
-        "gw-1",
-        "plant",
-        routes(METER, *SENSORS),
-        qos=1,
-        telemetry=telemetry(format="compact", gateway_batch=1.0, point_lists=True),
-    )
+    router = compact_router(METER, *SENSORS, gateway_batch=1.0, point_lists=True)
     lists: Lists = {}
     for interval in range(2):
         sent: list[Reading] = []
