@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from gateway.config.service import MetricsSettings
@@ -51,6 +51,13 @@ class SnapshotCollector:
 
         def gauge(name: str, doc: str, value: float) -> Any:
             return GaugeMetricFamily(name, doc, value=value)
+
+        def counters(name: str, doc: str, label: str, values: Iterable[tuple[str, float]]) -> Any:
+            """One counter family with a sample per label value."""
+            family = CounterMetricFamily(name, doc, labels=[label])
+            for key, value in values:
+                family.add_metric([key], value)
+            return family
 
         info = GaugeMetricFamily("fieldgate_info", "The running gateway", labels=["gateway", "site"])
         info.add_metric([snap.gateway, snap.site], 1)
@@ -97,15 +104,12 @@ class SnapshotCollector:
 
         p = snap.pipeline
         yield counter("fieldgate_messages_routed", "Messages the router made", p.messages)
-        outcomes = CounterMetricFamily(
+        yield counters(
             "fieldgate_publish_outcomes",
             "Final outcomes of handed-over messages: delivered (PUBACK success), refused, lost (resent)",
-            labels=["outcome"],
+            "outcome",
+            [("delivered", p.delivered), ("refused", p.refused), ("lost", p.resent)],
         )
-        outcomes.add_metric(["delivered"], p.delivered)
-        outcomes.add_metric(["refused"], p.refused)
-        outcomes.add_metric(["lost"], p.resent)
-        yield outcomes
         yield gauge("fieldgate_reading_queue_depth", "Poll cycles waiting for the router", p.reading_queue)
         yield counter(
             "fieldgate_reading_queue_dropped", "Poll cycles dropped (queue full)", p.reading_queue_dropped
@@ -140,31 +144,24 @@ class SnapshotCollector:
             )
 
         if snap.commands:
-            commands = CounterMetricFamily(
+            yield counters(
                 "fieldgate_commands",
                 "Cloud-to-device commands by what became of them (done, refused, failed, duplicates, ...)",
-                labels=["outcome"],
+                "outcome",
+                sorted(snap.commands.items()),
             )
-            for outcome, value in sorted(snap.commands.items()):
-                commands.add_metric([outcome], value)
-            yield commands
-
-        restarts = CounterMetricFamily(
+        yield counters(
             "fieldgate_task_restarts",
             "Restarts of a supervised task after it crashed or ended (router, store, store.pump, ...)",
-            labels=["task"],
+            "task",
+            sorted(snap.task_restarts.items()),
         )
-        for task, value in sorted(snap.task_restarts.items()):
-            restarts.add_metric([task], value)
-        yield restarts
-        set_aside = CounterMetricFamily(
+        yield counters(
             "fieldgate_set_aside",
             "Items set aside, not retried, because handling them failed (readings, messages, commands)",
-            labels=["kind"],
+            "kind",
+            sorted(snap.set_aside.items()),
         )
-        for kind, value in sorted(snap.set_aside.items()):
-            set_aside.add_metric([kind], value)
-        yield set_aside
 
         u = snap.uplink
         yield gauge("fieldgate_uplink_connected", "1 while the MQTT session is up", bool(u.connected))
@@ -174,13 +171,12 @@ class SnapshotCollector:
             )
         yield counter("fieldgate_uplink_connects", "Successful CONNECTs", u.connects)
         yield counter("fieldgate_uplink_publishes", "PUBLISH packets sent", u.published)
-        pubacks = CounterMetricFamily(
-            "fieldgate_uplink_puback", "Broker acknowledgements by outcome", labels=["outcome"]
+        yield counters(
+            "fieldgate_uplink_puback",
+            "Broker acknowledgements by outcome",
+            "outcome",
+            [("delivered", u.delivered), ("refused", u.refused), ("lost", u.lost)],
         )
-        pubacks.add_metric(["delivered"], u.delivered)
-        pubacks.add_metric(["refused"], u.refused)
-        pubacks.add_metric(["lost"], u.lost)
-        yield pubacks
         yield gauge("fieldgate_uplink_inflight", "PUBLISHes awaiting PUBACK", u.inflight)
         yield gauge("fieldgate_uplink_inflight_bytes", "PUBLISH bytes awaiting PUBACK", u.inflight_bytes)
         yield gauge(
@@ -200,12 +196,12 @@ class SnapshotCollector:
         yield counter(
             "fieldgate_uplink_retried", "PUBACKs refusing a message for now (kept and resent)", u.retried
         )
-        refreshes = CounterMetricFamily(
-            "fieldgate_token_refreshes", "In-session token refreshes (AUTH)", labels=["result"]
+        yield counters(
+            "fieldgate_token_refreshes",
+            "In-session token refreshes (AUTH)",
+            "result",
+            [("ok", u.refreshes_ok), ("failed", u.refreshes_failed)],
         )
-        refreshes.add_metric(["ok"], u.refreshes_ok)
-        refreshes.add_metric(["failed"], u.refreshes_failed)
-        yield refreshes
         if u.token_expires_at is not None:
             yield gauge(
                 "fieldgate_token_expires_timestamp_seconds", "When the token expires", u.token_expires_at
