@@ -32,6 +32,7 @@ def summarise(config: Config, out: TextIO) -> None:
             unit = f" [{point.unit}]" if point.unit else ""
             topic = "" if route.batch else f" -> {router.topic(route, point.name)}"
             out.write(f"    - {point.name}{unit}{topic}\n")
+    out.write(f"payload: {payload_summary(config)}\n")
     if config.commands is not None:
         from gateway.permissions.report import command_subscriptions
 
@@ -45,6 +46,21 @@ def summarise(config: Config, out: TextIO) -> None:
             out.write(f"  {item.label.removeprefix('commands for device ')}: {item.topic}\n")
     if config.uplink is None:
         out.write("no [uplink]: only `fieldgate run --dry-run` can run this config\n")
+
+
+def payload_summary(config: Config) -> str:
+    t = config.telemetry
+    if t.format != "compact":
+        return f"{t.format} JSON, QoS {t.qos}"
+    parts = [f"compact JSON, QoS {t.qos}"]
+    if t.point_lists:
+        parts.append(f"point lists (each sent whole every {t.point_list_period:g} s)")
+    if t.gateway_batch > 0 and t.gateway_topic is not None:
+        topic = t.gateway_topic.render({"gateway": config.gateway.id, "site": config.gateway.site})
+        parts.append(
+            f"gateway batch every {t.gateway_batch:g} s on {topic} (<= {t.gateway_batch_bytes} bytes)"
+        )
+    return ", ".join(parts)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

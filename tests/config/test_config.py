@@ -52,6 +52,30 @@ def test_summary_lists_devices_points_and_topics(capsys: pytest.CaptureFixture[s
     assert "2 devices, 4 points" in out
     assert "topic sites/plant-1/gw-demo/boiler/telemetry (one message per poll cycle)" in out
     assert "- flow [m3/h] -> sites/plant-1/gw-demo/pump-1/flow" in out
+    assert "payload: default JSON, QoS 1" in out
+
+
+def test_summary_names_the_compact_payload_its_point_lists_and_gateway_batch(
+    capsys: pytest.CaptureFixture[str], repo_root: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "compact.toml"
+    text = (repo_root / "drivers/simulated/example.toml").read_text()
+    config.write_text(
+        text.replace(
+            "[telemetry]", "[telemetry]\nformat = 'compact'\ngateway_batch = 1\npoint_lists = true", 1
+        )
+        if "[telemetry]" in text
+        else text + "\n[telemetry]\nformat = 'compact'\ngateway_batch = 1\npoint_lists = true\n"
+    )
+
+    status = main(["check-config", str(config)])
+
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert (
+        "payload: compact JSON, QoS 1, point lists (each sent whole every 600 s), "
+        "gateway batch every 1 s on sites/plant-1/gw-demo/telemetry (<= 49152 bytes)"
+    ) in out
 
 
 def test_config_objects_are_frozen(repo_root: Path) -> None:
