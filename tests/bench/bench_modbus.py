@@ -89,9 +89,9 @@ async def saturate(config: ModbusConfig, naive: bool, seconds: float) -> dict[st
     points = len(st.device.points)
     reported = 0
 
-    def emit(batch: Sequence[Reading]) -> None:
+    def emit(readings: Sequence[Reading]) -> None:
         nonlocal reported
-        reported += len(batch)
+        reported += len(readings)
 
     task = asyncio.create_task(drv.run(emit), name="bench.driver")
     # Counted from the driver's cycles, not from what it emits: an on-change device that polled a

@@ -57,7 +57,9 @@ def cycle(
     rules: Sequence[Rule], samples: Sequence[tuple[Value | None, Quality]], stamp: float = 1000.0
 ) -> PointBatch:
     """One cycle as the driver lays it out; every point has its own unit, stamp and reason to follow."""
-    bad = {i: (q, f"why {i}") for i, (_, q) in enumerate(samples) if q is not Quality.GOOD}
+    bad: dict[int, tuple[Quality, str | None]] = {
+        i: (q, f"why {i}") for i, (_, q) in enumerate(samples) if q is not Quality.GOOD
+    }
     return PointBatch(
         "m",
         [r.name for r in rules],
