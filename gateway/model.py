@@ -162,6 +162,23 @@ class PointBatch(Sequence[Reading]):
         """The newest sampling time in the cycle."""
         return max(self.stamps)
 
+    def take(self, indices: Sequence[int]) -> PointBatch:
+        """The points at ``indices`` (ascending) as a batch of their own: each keeps its unit, value and
+        sampling time, and ``bad`` is re-indexed to the new positions."""
+        names, units, values, stamps = self.names, self.units, self.values, self.stamps
+        bad: dict[int, tuple[Quality, str | None]] = {}
+        if self.bad:
+            old = self.bad
+            bad = {new: old[i] for new, i in enumerate(indices) if i in old}
+        return PointBatch(
+            self.device,
+            [names[i] for i in indices],
+            [units[i] for i in indices],
+            [values[i] for i in indices],
+            [stamps[i] for i in indices],
+            bad=bad,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Message:

@@ -129,6 +129,53 @@ _STRUCT_CODES: dict[DataType, str] = {
 }
 
 
+#: An on-change point of a poll group: its index in the group's cycle, name, deadband, report period.
+Watched = tuple[int, str, float, float]
+
+
+def watched_points(group: PollGroup) -> tuple[Watched, ...]:
+    """The group's on-change points, indexed as ``ModbusLinkDriver._poll_group`` lays out its cycle."""
+    points = [p for req in group.requests for p in req.points]
+    return tuple((i, p.name, p.deadband, p.report_period) for i, p in enumerate(points) if p.on_change)
+
+
+def report_filter(
+    batch: PointBatch,
+    watched: Sequence[Watched],
+    last: dict[str, tuple[Value | None, Quality, float]],
+    now: float,
+) -> PointBatch | None:
+    """The part of a cycle to report, or None when there is nothing: every point that is not watched,
+    and each watched one whose quality changed or whose value moved beyond its deadband since it was
+    last reported (``last``, updated here), or whose report period has passed since then.
+
+    One loop over the watched points' columns, no object per point; the batch itself comes back when
+    every point is reported.
+    """
+    values, bad = batch.values, batch.bad
+    good = Quality.GOOD
+    held: list[int] = []
+    for i, name, deadband, period in watched:
+        value = values[i]
+        quality = bad[i][0] if i in bad else good
+        prev = last.get(name)
+        if (
+            prev is not None
+            and prev[1] is quality
+            and now - prev[2] < period
+            and unchanged_within(prev[0], value, deadband)
+        ):
+            held.append(i)
+        else:
+            last[name] = (value, quality, now)
+    if not held:
+        return batch
+    if len(held) == len(batch):
+        return None
+    skip = set(held)
+    return batch.take([i for i in range(len(batch)) if i not in skip])
+
+
 @dataclass(slots=True)
 class DeviceState:
     """What the driver knows of one device at run time (counters are read by stats and tests)."""
@@ -144,7 +191,7 @@ class DeviceState:
     cycles: int = 0
     refused: dict[tuple[int, int, int], str] = field(default_factory=dict)
     by_name: dict[str, Point] = field(default_factory=dict)
-    #: Per point: the value and quality last reported, and when (monotonic seconds).
+    #: Per on-change point: the value and quality last reported, and when (monotonic seconds).
     last_emitted: dict[str, tuple[Value | None, Quality, float]] = field(default_factory=dict)
     #: Per read request (by identity), its block decoder; built on first use.
     decoders: dict[int, BlockDecoder] = field(default_factory=dict)
@@ -154,10 +201,6 @@ class DeviceState:
         if dec is None or dec.req is not req:
             dec = self.decoders[id(req)] = BlockDecoder(req)
         return dec
-
-    @property
-    def on_change(self) -> bool:
-        return any(p.on_change for p in self.device.points)
 
 
 class ModbusLinkDriver:
@@ -275,19 +318,17 @@ class ModbusLinkDriver:
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         beat = (st.device.name, group.interval)
-        on_change = st.on_change
+        watched = watched_points(group)
         while True:
             self._progress[beat] = time.monotonic()
             delay = next_tick - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             if loop.time() >= st.retry_at:
-                batch = await self._poll_group(link, st, group)
-                if on_change:
-                    readings = self._report_filter(st, list(batch))
-                    if readings:
-                        emit(readings)
-                elif batch:
+                batch: PointBatch | None = await self._poll_group(link, st, group)
+                if watched and batch is not None:
+                    batch = report_filter(batch, watched, st.last_emitted, time.monotonic())
+                if batch:
                     emit(batch)
             next_tick += group.interval
             late = loop.time() - next_tick
@@ -412,27 +453,6 @@ class ModbusLinkDriver:
         if key not in st.refused:
             log.error("modbus[%s]: request refused: %s", st.device.name, exc.detail)
         st.refused[key] = exc.detail
-
-    @staticmethod
-    def _report_filter(st: DeviceState, readings: list[Reading]) -> list[Reading]:
-        """Drop on-change points whose value moved no more than their deadband since last reported,
-        unless their report period has passed since then (reported again, unchanged)."""
-        out: list[Reading] = []
-        now = time.monotonic()
-        for r in readings:
-            p = st.by_name[r.point]
-            last = st.last_emitted.get(r.point)
-            if (
-                p.on_change
-                and last is not None
-                and last[1] is r.quality
-                and now - last[2] < p.report_period
-                and unchanged_within(last[0], r.value, p.deadband)
-            ):
-                continue
-            st.last_emitted[r.point] = (r.value, r.quality, now)
-            out.append(r)
-        return out
 
     # -- commands ----------------------------------------------------------------------------------
     def _state(self, device: str) -> DeviceState:
