@@ -474,7 +474,8 @@ def clean_batch(batch: PointBatch) -> list[tuple[int, Value | None]]:
 
 def unchanged_within(old: Value | None, new: Value | None, deadband: float) -> bool:
     """Whether an on-change point's ``new`` value is no news after ``old``: equal, or numbers no further
-    apart than ``deadband`` (booleans and text compare equal or not; NaN is no change from NaN)."""
+    apart than ``deadband`` (booleans and text compare equal or not; NaN is no change from NaN, nor an
+    infinity from the same infinity)."""
     if (
         isinstance(old, bool)
         or isinstance(new, bool)
@@ -482,6 +483,7 @@ def unchanged_within(old: Value | None, new: Value | None, deadband: float) -> b
         or not isinstance(new, int | float)
     ):
         return old == new
-    if math.isnan(old) and math.isnan(new):
+    if old == new or (math.isnan(old) and math.isnan(new)):
+        # Equal infinities too: inf - inf is NaN, within no deadband.
         return True
     return abs(new - old) <= deadband

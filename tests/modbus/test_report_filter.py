@@ -152,9 +152,9 @@ def points_of(reported: list[tuple[object, ...]]) -> list[tuple[object, str]]:
         pytest.param(
             Rule("p", True, deadband=1.0),
             [(0, math.nan, G), (1, math.nan, G), (2, 1.0, G), (3, math.inf, G), (4, math.inf, G)],
-            # inf - inf is NaN, never within a deadband: an infinite value is reported every cycle
-            # (the pipeline then makes it BAD); the rule as it stands, which this filter must keep.
-            [["nan"], [], ["1.0"], ["inf"], ["inf"]],
+            # the same infinity again is no news (inf - inf would be NaN, within no deadband)
+            # (the pipeline then makes it BAD, once).
+            [["nan"], [], ["1.0"], ["inf"], []],
             id="nan-and-inf",
         ),
         pytest.param(
