@@ -30,7 +30,7 @@ from typing import Any, Self
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 
-from gateway.uplink.mqtt_auth import new_properties
+from gateway.uplink.mqtt_auth import new_properties, paho_logger
 from tests.support.broker import LocalBroker
 from tests.support.tokens import mint_token
 
@@ -93,6 +93,7 @@ class Subscriber:
                     identifier=self.identifier,
                     protocol=aiomqtt.ProtocolVersion.V5,
                     properties=props,
+                    logger=paho_logger(f"tests.{self.identifier}.paho"),  # with the token filter
                     max_queued_incoming_messages=0,  # unbounded: a slow test loop never loses a message
                 ) as client:
                     for topic in self.topics:
