@@ -75,7 +75,7 @@ class DeviceLog(Subscriber):
     """An independent subscriber: the device of each message that reaches the broker, in order."""
 
     def __init__(self, broker: LocalBroker) -> None:
-        super().__init__(broker, identifier="observer", topics=[GRANT], reconnect=False)
+        super().__init__(broker, identifier="observer", filters=[GRANT], reconnect=False)
         self.seen: list[str] = []
 
     def on_message(self, message: aiomqtt.Message) -> None:

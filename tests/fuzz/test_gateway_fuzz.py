@@ -423,7 +423,7 @@ class Witness(Subscriber):
     """
 
     def __init__(self, broker: LocalBroker) -> None:
-        super().__init__(broker, identifier="witness", topics=[f"{TELEMETRY}/#"], reconnect=False)
+        super().__init__(broker, identifier="witness", filters=[f"{TELEMETRY}/#"], reconnect=False)
         self.values: set[int] = set()
         self.intruders: list[bytes] = []
 

@@ -92,7 +92,7 @@ class Witness(Subscriber):
     """Counts what arrives by seq, and the serial counter's values; reconnects after a broker restart."""
 
     def __init__(self, broker: LocalBroker) -> None:
-        super().__init__(broker, identifier="witness", topics=[GRANT], lifetime=7200)
+        super().__init__(broker, identifier="witness", filters=[GRANT], lifetime=7200)
         self.seqs: Counter[int] = Counter()
         self.counter_values: set[int] = set()
         self.last_at = 0.0

@@ -64,7 +64,9 @@ class SeqLog(Subscriber):
     """An independent subscriber collecting the ``seq`` of every telemetry message that arrives."""
 
     def __init__(self, broker: LocalBroker) -> None:
-        super().__init__(broker, identifier="observer", topics=["sites/lab/#"], reconnect=False, lifetime=600)
+        super().__init__(
+            broker, identifier="observer", filters=["sites/lab/#"], reconnect=False, lifetime=600
+        )
         self.seqs: list[int] = []
 
     def on_message(self, message: aiomqtt.Message) -> None:

@@ -44,7 +44,7 @@ class ArrivalLog(Subscriber):
     """Logs every message's seq, sampling time and arrival time; reconnects when the broker comes back."""
 
     def __init__(self, broker: LocalBroker) -> None:
-        super().__init__(broker, identifier="observer", topics=[GRANT])
+        super().__init__(broker, identifier="observer", filters=[GRANT])
         self.arrivals: list[Arrival] = []
 
     @property

@@ -3,7 +3,7 @@ gateway.
 
     class Counting(Subscriber):
         def __init__(self, broker: LocalBroker) -> None:
-            super().__init__(broker, identifier="witness", topics=["plants/#"])
+            super().__init__(broker, identifier="witness", filters=["plants/#"])
             self.seqs: Counter[int] = Counter()
 
         def on_message(self, message: aiomqtt.Message) -> None:
@@ -46,14 +46,14 @@ async def wait_until(condition: Callable[[], Any], timeout: float, what: str) ->
 
 
 class Subscriber:
-    """Subscribes to ``topics`` on ``broker`` and hands every message to ``on_message`` (override it)."""
+    """Subscribes to the topic ``filters``; every message goes to ``on_message`` (override it)."""
 
     def __init__(
         self,
         broker: LocalBroker,
         *,
         identifier: str,
-        topics: Sequence[str],
+        filters: Sequence[str],
         reconnect: bool = True,
         lifetime: int = 3600,
         key: Path | None = None,
@@ -61,7 +61,7 @@ class Subscriber:
     ) -> None:
         self.broker = broker
         self.identifier = identifier
-        self.topics = list(topics)
+        self.filters = list(filters)
         self.reconnect = reconnect
         #: The token: signed with the broker's issuer key unless another key the broker trusts is given.
         self.token = mint_token(
@@ -70,7 +70,7 @@ class Subscriber:
             lifetime=lifetime,
             iss=issuer or broker.issuer,
             aud=broker.audience,
-            subscribe_topics=self.topics,
+            subscribe_topics=self.filters,
         )
         #: Set while subscribed; cleared when the connection is lost.
         self.connected = asyncio.Event()
@@ -96,8 +96,8 @@ class Subscriber:
                     logger=paho_logger(f"tests.{self.identifier}.paho"),  # with the token filter
                     max_queued_incoming_messages=0,  # unbounded: a slow test loop never loses a message
                 ) as client:
-                    for topic in self.topics:
-                        await client.subscribe(topic, qos=1)
+                    for topic_filter in self.filters:
+                        await client.subscribe(topic_filter, qos=1)
                     self.connections += 1
                     self.connected.set()
                     async for message in client.messages:
