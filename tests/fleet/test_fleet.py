@@ -11,12 +11,11 @@ rotation slot): it must not depend on the issuer the tests switch clients off at
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from tests.support.broker import LocalBroker
 from tests.support.issuer import LocalIssuer
 from tests.support.mqtt5_raw import MqttV5Client
 from tests.support.process import GatewayProcess
-from tests.support.subscriber import Subscriber
+from tests.support.subscriber import Subscriber, wait_until
 from tests.support.tokens import generate_rsa_key_pair
 
 pytestmark = pytest.mark.broker
@@ -175,15 +174,6 @@ class Observer(Subscriber):
         self.arrivals.append((topic, topic.split("/")[2], seq))
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout:g} s: {what}") from None
-
-
 def broker_lines(fleet: Fleet, pattern: str) -> list[str]:
     return [line for line in fleet.broker.log_lines() if re.search(pattern, line)]
 
@@ -240,12 +230,13 @@ async def test_three_gateways_connect_refresh_in_session_and_stay_in_their_own_t
                 lambda s: "uplink connected to" in s, stream="stderr", timeout=DEADLINE
             )
         # Each refreshes in session: the broker's re-authentication line, sub unchanged, no reconnect.
-        await until(
+        await wait_until(
             lambda: all(
                 broker_lines(fleet, rf"client '{g}' re-authenticated as '{g}'")
                 and len(observer.seqs(g)) >= 10
                 for g in FLEET
             ),
+            DEADLINE,
             "every gateway re-authenticated in session and delivered",
         )
         # Gateway B's own token (from the issuer) is refused A's topic and granted its own.
@@ -276,7 +267,7 @@ async def test_a_disabled_client_fails_its_refresh_cleanly_keeps_its_messages_an
     process = gateway_process(fleet, gateway, tmp_path / gateway)
     async with Observer(fleet).running(timeout=30) as observer, running(process):
         await process.wait_for(lambda s: "uplink connected to" in s, stream="stderr", timeout=DEADLINE)
-        await until(lambda: len(observer.seqs(gateway)) >= 5, "first deliveries")
+        await wait_until(lambda: len(observer.seqs(gateway)) >= 5, DEADLINE, "first deliveries")
 
         fleet.issuer.disable_client(gateway)
         # The refresh is refused by the issuer; the token runs out; the broker disconnects the gateway;
@@ -289,16 +280,18 @@ async def test_a_disabled_client_fails_its_refresh_cleanly_keeps_its_messages_an
             stream="stderr",
             timeout=DEADLINE,
         )
-        await until(
+        await wait_until(
             lambda: len(issuer_lines(fleet, f"disabled client '{gateway}' refused")) >= 4,
+            DEADLINE,
             "several token requests refused while disabled",
         )
 
         fleet.issuer.enable_client(gateway)
         await process.wait_for(lambda s: "uplink delivers again" in s, stream="stderr", timeout=DEADLINE)
         produced = seen_when_cut + 20
-        await until(
+        await wait_until(
             lambda: set(range(1, produced + 1)) <= observer.seqs(gateway),
+            DEADLINE,
             "every message kept while cut off arrived after the client was enabled again",
         )
         stderr = list(process.stderr)
