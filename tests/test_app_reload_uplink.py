@@ -3,21 +3,18 @@ the same one, and a changed section that needs a restart says so."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
 
-from gateway.uplink.mqtt_auth import new_properties
 from tests.support.broker import LocalBroker
 from tests.support.process import GatewayProcess
-from tests.support.tokens import generate_rsa_key_pair, mint_token
+from tests.support.subscriber import Subscriber, wait_until
+from tests.support.tokens import generate_rsa_key_pair
 
 pytestmark = pytest.mark.broker
 
@@ -74,46 +71,16 @@ period = 5
     return text
 
 
-@contextlib.asynccontextmanager
-async def devices_seen(broker: LocalBroker) -> AsyncIterator[list[str]]:
+class DeviceLog(Subscriber):
     """An independent subscriber: the device of each message that reaches the broker, in order."""
-    token = mint_token(
-        broker.private_key_path,
-        sub="observer",
-        iss=broker.issuer,
-        aud=broker.audience,
-        subscribe_topics=[GRANT],
-    )
-    props = new_properties(PacketTypes.CONNECT)
-    props.AuthenticationMethod = broker.method
-    props.AuthenticationData = token.encode()
-    seen: list[str] = []
-    async with aiomqtt.Client(
-        broker.host, broker.port, identifier="observer", protocol=aiomqtt.ProtocolVersion.V5, properties=props
-    ) as client:
-        await client.subscribe(GRANT, qos=1)
 
-        async def collect() -> None:
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                seen.append(json.loads(message.payload)["device"])
+    def __init__(self, broker: LocalBroker) -> None:
+        super().__init__(broker, identifier="observer", filters=[GRANT], reconnect=False)
+        self.seen: list[str] = []
 
-        task = asyncio.create_task(collect(), name="observer")
-        try:
-            yield seen
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-async def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout:g} s: {what}") from None
+    def on_message(self, message: aiomqtt.Message) -> None:
+        assert isinstance(message.payload, bytes)
+        self.seen.append(json.loads(message.payload)["device"])
 
 
 async def test_sighup_with_the_uplink_connected_keeps_its_one_connection_and_warns_of_restart_sections(
@@ -124,7 +91,8 @@ async def test_sighup_with_the_uplink_connected_keeps_its_one_connection_and_war
     mark = len(broker.log_lines())
     process = await GatewayProcess(["run", "--config", str(config)]).start()
     try:
-        async with devices_seen(broker) as seen:
+        async with DeviceLog(broker).running() as observer:
+            seen = observer.seen
             await process.wait_for(lambda s: "uplink connected" in s, stream="stderr", timeout=30)
             await wait_until(lambda: seen.count("alpha") >= 5, 20, "alpha's messages at the broker")
 

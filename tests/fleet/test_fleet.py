@@ -11,28 +11,26 @@ rotation slot): it must not depend on the issuer the tests switch clients off at
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
 import jwt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
 
 from gateway.auth.oauth2 import OAuth2TokenSource
 from gateway.config.uplink import OAuth2TokenConfig
-from gateway.uplink.mqtt_auth import new_properties
 from tests.support.broker import LocalBroker
 from tests.support.issuer import LocalIssuer
 from tests.support.mqtt5_raw import MqttV5Client
 from tests.support.process import GatewayProcess
-from tests.support.tokens import generate_rsa_key_pair, mint_token
+from tests.support.subscriber import Subscriber, wait_until
+from tests.support.tokens import generate_rsa_key_pair
 
 pytestmark = pytest.mark.broker
 
@@ -149,13 +147,18 @@ async def running(*processes: GatewayProcess) -> AsyncIterator[None]:
 
 
 # -- the observer -----------------------------------------------------------------------------------------
-@dataclass
-class Observer:
+class Observer(Subscriber):
     """Subscribes to fleet/# and remembers (topic, sending gateway, seq) of everything that arrives."""
 
-    fleet: Fleet
-    arrivals: list[tuple[str, str, int]] = field(default_factory=list)
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self, fleet: Fleet) -> None:
+        super().__init__(
+            fleet.broker,
+            identifier="observer",
+            filters=["fleet/#"],
+            key=fleet.keys / "observer.key",
+            issuer=fleet.issuer.iss,
+        )
+        self.arrivals: list[tuple[str, str, int]] = []
 
     def seqs(self, gateway: str) -> set[int]:
         return {seq for _, sender, seq in self.arrivals if sender == gateway}
@@ -163,62 +166,12 @@ class Observer:
     def topics(self, gateway: str) -> set[str]:
         return {topic for topic, sender, _ in self.arrivals if sender == gateway}
 
-    async def run(self) -> None:
-        token = mint_token(
-            self.fleet.keys / "observer.key",
-            sub="observer",
-            lifetime=3600,
-            iss=self.fleet.issuer.iss,
-            aud=self.fleet.broker.audience,
-            subscribe_topics=["fleet/#"],
-        )
-        while True:
-            props = new_properties(PacketTypes.CONNECT)
-            props.AuthenticationMethod = "CUSTOM-JWT"
-            props.AuthenticationData = token.encode()
-            try:
-                async with aiomqtt.Client(
-                    self.fleet.broker.host,
-                    self.fleet.broker.port,
-                    identifier="observer",
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    properties=props,
-                    max_queued_incoming_messages=0,
-                ) as client:
-                    await client.subscribe("fleet/#", qos=1)
-                    self.connected.set()
-                    async for message in client.messages:
-                        assert isinstance(message.payload, bytes)
-                        # fleet/<site>/<gateway>/...: the probe's messages carry no seq (-1).
-                        topic = str(message.topic)
-                        seq = json.loads(message.payload).get("seq", -1)
-                        self.arrivals.append((topic, topic.split("/")[2], seq))
-            except aiomqtt.MqttError:
-                self.connected.clear()
-                await asyncio.sleep(0.1)
-
-
-@contextlib.asynccontextmanager
-async def observing(fleet: Fleet) -> AsyncIterator[Observer]:
-    observer = Observer(fleet)
-    task = asyncio.create_task(observer.run(), name="observer")
-    try:
-        async with asyncio.timeout(30):
-            await observer.connected.wait()
-        yield observer
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout:g} s: {what}") from None
+    def on_message(self, message: aiomqtt.Message) -> None:
+        assert isinstance(message.payload, bytes)
+        # fleet/<site>/<gateway>/...: the probe's messages carry no seq (-1).
+        topic = str(message.topic)
+        seq = json.loads(message.payload).get("seq", -1)
+        self.arrivals.append((topic, topic.split("/")[2], seq))
 
 
 def broker_lines(fleet: Fleet, pattern: str) -> list[str]:
@@ -271,18 +224,19 @@ async def test_three_gateways_connect_refresh_in_session_and_stay_in_their_own_t
 ) -> None:
     processes = {gateway: gateway_process(fleet, gateway, tmp_path / gateway) for gateway in FLEET}
     mark = len(fleet.broker.log_lines())
-    async with observing(fleet) as observer, running(*processes.values()):
+    async with Observer(fleet).running(timeout=30) as observer, running(*processes.values()):
         for gateway in FLEET:
             await processes[gateway].wait_for(
                 lambda s: "uplink connected to" in s, stream="stderr", timeout=DEADLINE
             )
         # Each refreshes in session: the broker's re-authentication line, sub unchanged, no reconnect.
-        await until(
+        await wait_until(
             lambda: all(
                 broker_lines(fleet, rf"client '{g}' re-authenticated as '{g}'")
                 and len(observer.seqs(g)) >= 10
                 for g in FLEET
             ),
+            DEADLINE,
             "every gateway re-authenticated in session and delivered",
         )
         # Gateway B's own token (from the issuer) is refused A's topic and granted its own.
@@ -311,9 +265,9 @@ async def test_a_disabled_client_fails_its_refresh_cleanly_keeps_its_messages_an
 ) -> None:
     gateway = "gw-c"
     process = gateway_process(fleet, gateway, tmp_path / gateway)
-    async with observing(fleet) as observer, running(process):
+    async with Observer(fleet).running(timeout=30) as observer, running(process):
         await process.wait_for(lambda s: "uplink connected to" in s, stream="stderr", timeout=DEADLINE)
-        await until(lambda: len(observer.seqs(gateway)) >= 5, "first deliveries")
+        await wait_until(lambda: len(observer.seqs(gateway)) >= 5, DEADLINE, "first deliveries")
 
         fleet.issuer.disable_client(gateway)
         # The refresh is refused by the issuer; the token runs out; the broker disconnects the gateway;
@@ -326,16 +280,18 @@ async def test_a_disabled_client_fails_its_refresh_cleanly_keeps_its_messages_an
             stream="stderr",
             timeout=DEADLINE,
         )
-        await until(
+        await wait_until(
             lambda: len(issuer_lines(fleet, f"disabled client '{gateway}' refused")) >= 4,
+            DEADLINE,
             "several token requests refused while disabled",
         )
 
         fleet.issuer.enable_client(gateway)
         await process.wait_for(lambda s: "uplink delivers again" in s, stream="stderr", timeout=DEADLINE)
         produced = seen_when_cut + 20
-        await until(
+        await wait_until(
             lambda: set(range(1, produced + 1)) <= observer.seqs(gateway),
+            DEADLINE,
             "every message kept while cut off arrived after the client was enabled again",
         )
         stderr = list(process.stderr)

@@ -27,7 +27,7 @@ import signal
 import struct
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,13 @@ import aiomqtt
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.packettypes import PacketTypes
 
-from gateway.uplink.mqtt_auth import new_properties
 from tests.support import mqtt5_raw as raw
 from tests.support.broker import LocalBroker
 from tests.support.modbus_peer import Answer, BadModbusPeer
 from tests.support.process import GatewayProcess
 from tests.support.serial import Pty
+from tests.support.subscriber import Subscriber, wait_until
 from tests.support.tokens import generate_rsa_key_pair, mint_token
 
 pytestmark = pytest.mark.broker
@@ -416,53 +415,33 @@ address = 0
     return path
 
 
-@dataclass
-class Witness:
-    """An independent subscriber: the good sensor's counter values as they reach the broker."""
+class Witness(Subscriber):
+    """An independent subscriber: the good sensor's counter values as they reach the broker.
 
-    broker: LocalBroker
-    values: set[int] = field(default_factory=set)
-    intruders: list[bytes] = field(default_factory=list)
-    messages: int = 0
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    It does not reconnect: a message on the good sensor's topic while it was away would be an intruder
+    nobody saw, so a lost subscription fails the test (its MqttError) rather than pass quietly.
+    """
 
-    async def run(self) -> None:
-        token = mint_token(
-            self.broker.private_key_path,
-            sub="witness",
-            lifetime=3600,
-            iss=self.broker.issuer,
-            aud=self.broker.audience,
-            subscribe_topics=[f"{TELEMETRY}/#"],
-        )
-        props = new_properties(PacketTypes.CONNECT)
-        props.AuthenticationMethod = self.broker.method
-        props.AuthenticationData = token.encode()
-        async with aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            identifier="witness",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            properties=props,
-        ) as client:
-            await client.subscribe(f"{TELEMETRY}/#", qos=1)
-            self.connected.set()
-            async for message in client.messages:
-                self.messages += 1
-                if message.topic.value != f"{TELEMETRY}/good":
-                    continue
-                assert isinstance(message.payload, bytes)
-                try:
-                    body = json.loads(message.payload)
-                    reading = body["points"]["n"] if "points" in body else body
-                    value = int(reading["value"]) if reading["quality"] == "good" else None
-                except (ValueError, KeyError, TypeError):
-                    value = None
-                if value is None or body.get("gateway") != GATEWAY or body.get("device") != "good":
-                    # Something that is not the good sensor's reading, on its topic.
-                    self.intruders.append(message.payload)
-                else:
-                    self.values.add(value)
+    def __init__(self, broker: LocalBroker) -> None:
+        super().__init__(broker, identifier="witness", filters=[f"{TELEMETRY}/#"], reconnect=False)
+        self.values: set[int] = set()
+        self.intruders: list[bytes] = []
+
+    def on_message(self, message: aiomqtt.Message) -> None:
+        if message.topic.value != f"{TELEMETRY}/good":
+            return
+        assert isinstance(message.payload, bytes)
+        try:
+            body = json.loads(message.payload)
+            reading = body["points"]["n"] if "points" in body else body
+            value = int(reading["value"]) if reading["quality"] == "good" else None
+        except (ValueError, KeyError, TypeError):
+            value = None
+        if value is None or body.get("gateway") != GATEWAY or body.get("device") != "good":
+            # Something that is not the good sensor's reading, on its topic.
+            self.intruders.append(message.payload)
+        else:
+            self.values.add(value)
 
 
 @contextlib.asynccontextmanager
@@ -481,15 +460,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
-
-
-async def wait_until(condition: Any, timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout:g} s: {what}") from None
 
 
 # -- the story ---------------------------------------------------------------------------------------------
@@ -513,8 +483,7 @@ async def test_fuzzed_on_every_edge_the_gateway_stays_up_and_every_good_reading_
             await asyncio.sleep(0.05)
 
     try:
-        async with background(witness.run(), "witness"):
-            await wait_until(witness.connected.is_set, 20, "the witness subscribed")
+        async with witness.running():
             await process.start()
             assert process.proc is not None
             pid = process.proc.pid

@@ -24,20 +24,20 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
 
-from gateway.uplink.mqtt_auth import new_properties
-from tests.store.test_store_e2e import Gate, committed_rows
 from tests.support.broker import LocalBroker
+from tests.support.gate import Gate
 from tests.support.modbus_peer import BadModbusPeer
 from tests.support.process import GatewayProcess
 from tests.support.serial import Pty
+from tests.support.store_rows import committed_rows
+from tests.support.subscriber import Subscriber, wait_until
 from tests.support.tokens import generate_rsa_key_pair, mint_token
 
 pytestmark = pytest.mark.broker
@@ -88,61 +88,27 @@ def small_disk(path: Path, size: str = "8m") -> Iterator[bool]:
 
 
 # -- the independent subscriber ---------------------------------------------------------------------------
-@dataclass
-class Witness:
-    broker: LocalBroker
-    seqs: Counter[int] = field(default_factory=Counter)
-    counter_values: set[int] = field(default_factory=set)
-    last_at: float = 0.0
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
+class Witness(Subscriber):
+    """Counts what arrives by seq, and the serial counter's values; reconnects after a broker restart."""
 
-    async def run(self) -> None:
-        token = mint_token(
-            self.broker.private_key_path,
-            sub="witness",
-            lifetime=7200,
-            iss=self.broker.issuer,
-            aud=self.broker.audience,
-            subscribe_topics=[GRANT],
-        )
-        while True:
-            props = new_properties(PacketTypes.CONNECT)
-            props.AuthenticationMethod = self.broker.method
-            props.AuthenticationData = token.encode()
-            try:
-                async with aiomqtt.Client(
-                    self.broker.host,
-                    self.broker.port,
-                    identifier="witness",
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    properties=props,
-                ) as client:
-                    await client.subscribe(GRANT, qos=1)
-                    self.connected.set()
-                    async for message in client.messages:
-                        assert isinstance(message.payload, bytes)
-                        body = json.loads(message.payload)
-                        self.seqs[body["seq"]] += 1
-                        self.last_at = time.monotonic()
-                        if body.get("device") == "counter":
-                            n = body.get("points", {}).get("n", {})
-                            if n.get("quality") == "good":
-                                self.counter_values.add(int(n["value"]))
-            except aiomqtt.MqttError:
-                self.connected.clear()
-                await asyncio.sleep(0.1)
+    def __init__(self, broker: LocalBroker) -> None:
+        super().__init__(broker, identifier="witness", filters=[GRANT], lifetime=7200)
+        self.seqs: Counter[int] = Counter()
+        self.counter_values: set[int] = set()
+        self.last_at = 0.0
+
+    def on_message(self, message: aiomqtt.Message) -> None:
+        assert isinstance(message.payload, bytes)
+        body = json.loads(message.payload)
+        self.seqs[body["seq"]] += 1
+        self.last_at = time.monotonic()
+        if body.get("device") == "counter":
+            n = body.get("points", {}).get("n", {})
+            if n.get("quality") == "good":
+                self.counter_values.add(int(n["value"]))
 
     def quiet_for(self, seconds: float) -> bool:
         return time.monotonic() - self.last_at > seconds
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout:g} s: {what}") from None
 
 
 # -- the site around the gateway -----------------------------------------------------------------------------
@@ -312,88 +278,87 @@ async def test_chaos_soak_loses_no_committed_message(broker: LocalBroker, tmp_pa
                     figures.peak_rss_kb = max(figures.peak_rss_kb, rss_kb(proc.pid))
                 await asyncio.sleep(0.2)
 
-        witness_task = asyncio.create_task(witness.run(), name="witness")
         world_task = asyncio.create_task(background(), name="world")
         filler = tmp_path / "disk" / "filler"
         try:
-            await wait_until(witness.connected.is_set, 20, "the witness subscribed")
-            process = await start_gateway()
-            await wait_until(lambda: len(witness.seqs) > 20, 60, "first deliveries")
-            deadline = time.monotonic() + MINUTES * 60
-            while time.monotonic() < deadline:
+            async with witness.running():
+                process = await start_gateway()
+                await wait_until(lambda: len(witness.seqs) > 20, 60, "first deliveries")
+                deadline = time.monotonic() + MINUTES * 60
+                while time.monotonic() < deadline:
+                    assert process.proc is not None and process.proc.returncode is None, "\n".join(
+                        process.stderr[-40:]
+                    )
+                    kinds = [k for k in FAULTS if k != "disk full" or figures.disk_full_possible]
+                    kind = rng.choice(kinds)
+                    hold = rng.uniform(2.0, 12.0)
+                    figures.faults[kind] += 1
+                    print(f"[{time.strftime('%H:%M:%S')}] {kind} for {hold:.1f} s", flush=True)
+                    if kind == "broker restart":
+                        # The gate keeps the gateway out until the witness is back (mosquitto keeps no
+                        # sessions across its restart here: what it accepted must reach the witness first).
+                        gate.cut()
+                        await wait_until(
+                            lambda: witness.quiet_for(1.0), 20, "the witness has what was accepted"
+                        )
+                        broker.stop()
+                        await asyncio.sleep(hold)
+                        broker.start()  # on a new port: the gate and the witness follow
+                        await wait_until(witness.connected.is_set, 30, "the witness back")
+                        gate.open = True
+                    elif kind == "network cut":
+                        gate.cut()
+                        await asyncio.sleep(hold)
+                        gate.open = True
+                    elif kind in ("token endpoint down", "refused refresh"):
+                        site.token_state = "missing" if kind == "token endpoint down" else "refused"
+                        site.write_token()
+                        await asyncio.sleep(hold)
+                        site.token_state = "good"
+                        site.write_token()
+                    elif kind == "slave dead":
+                        await peer.close()
+                        await asyncio.sleep(hold)
+                        await peer.start()
+                    elif kind == "serial unplugged":
+                        site.unplug()
+                        await asyncio.sleep(hold)
+                        site.plug()
+                    elif kind == "SIGKILL":
+                        process.signal(signal.SIGKILL)
+                        await process.wait(timeout=20)
+                        figures.committed_at_kills |= committed_rows(state_dir)
+                        await asyncio.sleep(min(hold, 3.0))
+                        process = await start_gateway()
+                        figures.restarts += 1
+                    elif kind == "disk full":
+                        # Fill what is left of the small disk, hold, then free it.
+                        with contextlib.suppress(OSError), filler.open("wb") as out:
+                            chunk = b"\0" * 65536
+                            while True:
+                                out.write(chunk)
+                                out.flush()
+                        await asyncio.sleep(hold)
+                        filler.unlink(missing_ok=True)
+                    await asyncio.sleep(rng.uniform(2.0, 6.0))  # the site works normally for a while
+
+                # The end: everything restored; what was committed arrives; a clean stop.
+                gate.open = True
                 assert process.proc is not None and process.proc.returncode is None, "\n".join(
                     process.stderr[-40:]
                 )
-                kinds = [k for k in FAULTS if k != "disk full" or figures.disk_full_possible]
-                kind = rng.choice(kinds)
-                hold = rng.uniform(2.0, 12.0)
-                figures.faults[kind] += 1
-                print(f"[{time.strftime('%H:%M:%S')}] {kind} for {hold:.1f} s", flush=True)
-                if kind == "broker restart":
-                    # The gate keeps the gateway out until the witness is back (mosquitto keeps no
-                    # sessions across its restart here: what it accepted must reach the witness first).
-                    gate.cut()
-                    await wait_until(lambda: witness.quiet_for(1.0), 20, "the witness has what was accepted")
-                    broker.stop()
-                    await asyncio.sleep(hold)
-                    broker.start()  # on a new port: the gate and the witness follow
-                    await wait_until(witness.connected.is_set, 30, "the witness back")
-                    gate.open = True
-                elif kind == "network cut":
-                    gate.cut()
-                    await asyncio.sleep(hold)
-                    gate.open = True
-                elif kind in ("token endpoint down", "refused refresh"):
-                    site.token_state = "missing" if kind == "token endpoint down" else "refused"
-                    site.write_token()
-                    await asyncio.sleep(hold)
-                    site.token_state = "good"
-                    site.write_token()
-                elif kind == "slave dead":
-                    await peer.close()
-                    await asyncio.sleep(hold)
-                    await peer.start()
-                elif kind == "serial unplugged":
-                    site.unplug()
-                    await asyncio.sleep(hold)
-                    site.plug()
-                elif kind == "SIGKILL":
-                    process.signal(signal.SIGKILL)
-                    await process.wait(timeout=20)
-                    figures.committed_at_kills |= committed_rows(state_dir)
-                    await asyncio.sleep(min(hold, 3.0))
-                    process = await start_gateway()
-                    figures.restarts += 1
-                elif kind == "disk full":
-                    # Fill what is left of the small disk, hold, then free it.
-                    with contextlib.suppress(OSError), filler.open("wb") as out:
-                        chunk = b"\0" * 65536
-                        while True:
-                            out.write(chunk)
-                            out.flush()
-                    await asyncio.sleep(hold)
-                    filler.unlink(missing_ok=True)
-                await asyncio.sleep(rng.uniform(2.0, 6.0))  # the site works normally for a while
-
-            # The end: everything restored; what was committed arrives; a clean stop.
-            gate.open = True
-            assert process.proc is not None and process.proc.returncode is None, "\n".join(
-                process.stderr[-40:]
-            )
-            await wait_until(
-                lambda: figures.committed_at_kills <= set(witness.seqs),
-                180,
-                "every message committed at a SIGKILL delivered",
-            )
-            process.signal(signal.SIGTERM)
-            code = await process.wait(timeout=30)
-            await asyncio.sleep(1.0)
+                await wait_until(
+                    lambda: figures.committed_at_kills <= set(witness.seqs),
+                    180,
+                    "every message committed at a SIGKILL delivered",
+                )
+                process.signal(signal.SIGTERM)
+                code = await process.wait(timeout=30)
+                await asyncio.sleep(1.0)
         finally:
             world_task.cancel()
-            witness_task.cancel()
-            for task in (world_task, witness_task):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await world_task
             for each in processes:
                 await each.kill()
             (tmp_path / "gateway.log").write_text("\n".join(line for p in processes for line in p.stderr))

@@ -5,23 +5,20 @@ messages in memory, ``fieldgate status`` shows MEMORY ONLY, and readings keep re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
 
 from gateway.service.snapshot import STATUS_FILE, read_status_file
-from gateway.uplink.mqtt_auth import new_properties, paho_logger
 from tests.service.conftest import SIMULATED, service_env
 from tests.service.test_status_metrics import fieldgate
 from tests.support.broker import LocalBroker
 from tests.support.process import GatewayProcess
-from tests.support.tokens import mint_token
+from tests.support.subscriber import Subscriber
 
 DAMAGED = "STORE DAMAGED while running"
 
@@ -63,42 +60,18 @@ publish_topics = ["sites/lab/#"]
     return path
 
 
-@contextlib.asynccontextmanager
-async def watching(broker: LocalBroker, seqs: list[int]) -> AsyncIterator[None]:
+class SeqLog(Subscriber):
     """An independent subscriber collecting the ``seq`` of every telemetry message that arrives."""
-    token = mint_token(
-        broker.private_key_path,
-        sub="observer",
-        iss=broker.issuer,
-        aud=broker.audience,
-        lifetime=600,
-        subscribe_topics=["sites/lab/#"],
-    )
-    props = new_properties(PacketTypes.CONNECT)
-    props.AuthenticationMethod = "CUSTOM-JWT"
-    props.AuthenticationData = token.encode()
-    async with aiomqtt.Client(
-        broker.host,
-        broker.port,
-        identifier="observer",
-        protocol=aiomqtt.ProtocolVersion.V5,
-        properties=props,
-        logger=paho_logger("tests.observer.paho"),
-    ) as client:
-        await client.subscribe("sites/lab/#", qos=1)
 
-        async def collect() -> None:
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                seqs.append(int(json.loads(message.payload)["seq"]))
+    def __init__(self, broker: LocalBroker) -> None:
+        super().__init__(
+            broker, identifier="observer", filters=["sites/lab/#"], reconnect=False, lifetime=600
+        )
+        self.seqs: list[int] = []
 
-        task = asyncio.create_task(collect(), name="observer")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def on_message(self, message: aiomqtt.Message) -> None:
+        assert isinstance(message.payload, bytes)
+        self.seqs.append(int(json.loads(message.payload)["seq"]))
 
 
 async def until(condition: object, timeout: float = 30.0) -> None:
@@ -120,8 +93,8 @@ async def test_a_store_file_damaged_while_running_degrades_to_memory_once_and_de
     tmp_path: Path, broker: LocalBroker
 ) -> None:
     path = config(tmp_path, broker)
-    seqs: list[int] = []
-    async with watching(broker, seqs):
+    async with SeqLog(broker).running() as observer:
+        seqs = observer.seqs
         process = await GatewayProcess(["run", "--config", str(path)], env=service_env()).start()
         try:
             await until(lambda: len(seqs) >= 5)

@@ -2,38 +2,33 @@
 
 The subscriber counts what arrives by ``seq`` and knows nothing of the gateway. The gateway runs as its
 own process (``fieldgate run`` with the real uplink) and is killed
-with SIGKILL, or the broker is stopped, while simulated devices keep producing readings.
+with SIGKILL, or the broker is stopped, while simulated devices keep producing readings. The set-up
+(gateway config, arrival log, the gate in front of the broker) is in ``tests/support/store_and_forward.py``
+and ``tests/support/gate.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import random
 import signal
-import sqlite3
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
-import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
 
 from gateway.store.sqlite import DB_NAME
-from gateway.uplink.mqtt_auth import new_properties
 from tests.support.broker import LocalBroker
-from tests.support.process import GatewayProcess
-from tests.support.tokens import generate_rsa_key_pair, mint_token
+from tests.support.gate import Gate
+from tests.support.store_and_forward import ArrivalLog, gateway, quiet, write_config
+from tests.support.store_rows import committed_rows
+from tests.support.subscriber import wait_until
+from tests.support.tokens import generate_rsa_key_pair
 
 pytestmark = pytest.mark.broker
 
-SITE = "lab"
-GRANT = f"plants/{SITE}/#"
 #: The broker outage of the issue's done-when; FIELDGATE_OUTAGE_SECONDS shortens it while iterating.
 OUTAGE_SECONDS = float(os.environ.get("FIELDGATE_OUTAGE_SECONDS", "120"))
 
@@ -47,227 +42,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
         yield running
 
 
-# -- the independent subscriber ---------------------------------------------------------------------------
-@dataclass
-class Arrival:
-    seq: int
-    ts: float
-    at: float
-
-
-@dataclass
-class Subscriber:
-    """Counts what arrives by seq; reconnects by itself when the broker goes away and comes back."""
-
-    broker: LocalBroker
-    arrivals: list[Arrival] = field(default_factory=list)
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-    connections: int = 0
-
-    @property
-    def seqs(self) -> Counter[int]:
-        return Counter(a.seq for a in self.arrivals)
-
-    async def run(self) -> None:
-        token = mint_token(
-            self.broker.private_key_path,
-            sub="observer",
-            lifetime=3600,
-            iss=self.broker.issuer,
-            aud=self.broker.audience,
-            subscribe_topics=[GRANT],
-        )
-        while True:
-            props = new_properties(PacketTypes.CONNECT)
-            props.AuthenticationMethod = "CUSTOM-JWT"
-            props.AuthenticationData = token.encode()
-            try:
-                async with aiomqtt.Client(
-                    self.broker.host,
-                    self.broker.port,
-                    identifier="observer",
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    properties=props,
-                    max_queued_incoming_messages=0,
-                ) as client:
-                    await client.subscribe(GRANT, qos=1)
-                    self.connections += 1
-                    self.connected.set()
-                    async for message in client.messages:
-                        assert isinstance(message.payload, bytes)
-                        body = json.loads(message.payload)
-                        self.arrivals.append(Arrival(body["seq"], body["ts"], time.time()))
-            except aiomqtt.MqttError:
-                self.connected.clear()
-                await asyncio.sleep(0.05)
-
-    async def wait_for(self, predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            raise AssertionError(f"not within {timeout:g} s: {what}") from None
-
-
-@contextlib.asynccontextmanager
-async def observing(broker: LocalBroker) -> AsyncIterator[Subscriber]:
-    sub = Subscriber(broker)
-    task = asyncio.create_task(sub.run(), name="observer")
-    try:
-        async with asyncio.timeout(10):
-            await sub.connected.wait()
-        yield sub
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-# -- a gate in front of the broker ------------------------------------------------------------------------
-class Gate:
-    """A TCP forwarder between gateway and broker that the test opens and closes.
-
-    When the broker comes back, the subscriber must be subscribed again before the gateway reconnects
-    (mosquitto here keeps no sessions across a restart): the gate holds the gateway back until then.
-    """
-
-    def __init__(self, broker: LocalBroker) -> None:
-        self.broker = broker
-        self.open = True
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> Gate:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.open:
-            writer.close()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(self.broker.host, self.broker.port)
-        except OSError:
-            writer.close()
-            return
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except OSError:
-                pass
-            finally:
-                dst.close()
-                # Both directions end together (a cut drops the whole connection).
-                for other in (writer, up_writer):
-                    other.close()
-
-        for task in (
-            asyncio.create_task(pipe(reader, up_writer)),
-            asyncio.create_task(pipe(up_reader, writer)),
-        ):
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
-    def cut(self) -> None:
-        """Close the gate and drop the connections through it (as a dead broker or link would)."""
-        self.open = False
-        for task in list(self._pipes):
-            task.cancel()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self.cut()
-
-
-def quiet(sub: Subscriber, seconds: float):  # type: ignore[no-untyped-def]
-    """True once nothing has arrived for ``seconds``."""
-    return lambda: not sub.arrivals or time.time() - sub.arrivals[-1].at > seconds
-
-
-# -- the gateway process ---------------------------------------------------------------------------------
-def write_config(path: Path, state_dir: Path, *, devices: int, interval: float, store: str = "") -> Path:
-    text = f"""
-[gateway]
-id = "gw-store"
-site = "{SITE}"
-state_dir = "{state_dir}"
-stats_interval = 5
-shutdown_grace = 2
-
-[telemetry]
-topic = "plants/{{site}}/{{gateway}}/{{device}}"
-
-[store]
-{store}
-"""
-    for n in range(devices):
-        text += f"""
-[devices.dev-{n}]
-driver = "simulated"
-interval = {interval}
-
-[[devices.dev-{n}.points]]
-name = "value"
-signal = "ramp"
-min = 0
-max = 100
-period = 10
-"""
-    path.write_text(text)
-    return path
-
-
-def gateway(config: Path, broker: LocalBroker, port: int | None = None) -> GatewayProcess:
-    """``fieldgate run`` on the config plus an [uplink] to the broker (or to a gate in front of it)."""
-    run_config = config.with_name(f"{config.stem}-{port or broker.port}.toml")
-    run_config.write_text(
-        config.read_text()
-        + f"""
-[uplink]
-host = "127.0.0.1"
-port = {port or broker.port}
-tls = false
-connect_timeout = 5
-
-[uplink.refresh]
-jitter = 0.2
-timeout = 3
-
-[uplink.reconnect]
-initial = 0.1
-max = 1.0
-
-[uplink.token]
-source = "signer"
-key_file = "{broker.private_key_path}"
-issuer = "{broker.issuer}"
-audience = "{broker.audience}"
-lifetime = 600
-not_before_skew = 5
-
-[uplink.token.claims]
-publish_topics = ["{GRANT}"]
-"""
-    )
-    return GatewayProcess(["run", "--config", str(run_config)])
-
-
-def committed_rows(state_dir: Path) -> set[int]:
-    """What the store had committed and not yet deleted (read while the gateway is not running)."""
-    path = state_dir / DB_NAME
-    if not path.exists():
-        return set()
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        return {row[0] for row in db.execute("SELECT seq FROM messages")}
-
-
+# -- the numbering ---------------------------------------------------------------------------------------
 def runs(seqs: set[int]) -> list[tuple[int, int]]:
     """Maximal runs of consecutive numbers, in order."""
     result: list[tuple[int, int]] = []
@@ -289,11 +64,11 @@ async def test_killed_ten_times_under_load_every_committed_message_arrives(
     committed: set[int] = set()
     kills = 10
 
-    async with observing(broker) as sub:
+    async with ArrivalLog(broker).running() as sub:
         for round_ in range(kills):
             process = await gateway(config, broker).start()
             before = len(sub.arrivals)
-            await sub.wait_for(lambda b=before: len(sub.arrivals) > b + 50, 20, f"delivery in round {round_}")
+            await wait_until(lambda b=before: len(sub.arrivals) > b + 50, 20, f"delivery in round {round_}")
             # A random moment while readings flow (the point of the test is not to choose it well).
             await asyncio.sleep(rng.uniform(0.2, 2.0))
             process.signal(signal.SIGKILL)
@@ -304,7 +79,7 @@ async def test_killed_ten_times_under_load_every_committed_message_arrives(
         # One more start delivers what the last kill left behind; then a clean stop.
         process = await gateway(config, broker).start()
         before = len(sub.arrivals)
-        await sub.wait_for(
+        await wait_until(
             lambda: committed <= set(sub.seqs) and len(sub.arrivals) > before + 50,
             60,
             "every committed message arrived after the restarts",
@@ -345,20 +120,20 @@ async def test_broker_stopped_under_load_nothing_is_lost_and_fresh_readings_flow
         store=f'durability = "{durability}"\nreplay_share = 0.5\ndown_after = 2',
     )
     gate = await Gate(broker).start()
-    async with observing(broker) as sub:
+    async with ArrivalLog(broker).running() as sub:
         process = await gateway(config, broker, port=gate.port).start()
-        await sub.wait_for(lambda: len(sub.arrivals) > 200, 20, "delivery before the outage")
+        await wait_until(lambda: len(sub.arrivals) > 200, 20, "delivery before the outage")
 
         # The gateway loses the broker first; the broker stops once the subscriber has everything the
         # broker accepted (mosquitto keeps nothing across its own restart here, and what it had
         # acknowledged and not yet forwarded would be lost to the witness, not by the gateway).
         gate.cut()
-        await sub.wait_for(quiet(sub, 1.0), 10, "the subscriber has what the broker accepted")
+        await wait_until(quiet(sub, 1.0), 10, "the subscriber has what the broker accepted")
         broker.stop()
         await asyncio.sleep(outage)  # the outage itself, under load
         # On a new port: the old one may have been taken meanwhile; the gate and the subscriber follow.
         broker.start()
-        await sub.wait_for(sub.connected.is_set, 10, "the subscriber back after the outage")
+        await wait_until(sub.connected.is_set, 10, "the subscriber back after the outage")
         back_at = time.time()
         mark = len(process.stderr)
         gate.open = True
@@ -374,7 +149,7 @@ async def test_broker_stopped_under_load_nothing_is_lost_and_fresh_readings_flow
             late = [a.at for a in sub.arrivals if a.at > back_at and a.ts < back_at]
             return bool(late) and time.time() - max(late) > 3.0
 
-        await sub.wait_for(drained, 180, "the backlog drained")
+        await wait_until(drained, 180, "the backlog drained")
         process.signal(signal.SIGTERM)
         assert await process.wait(timeout=15) == 0
         await asyncio.sleep(0.5)
@@ -422,7 +197,7 @@ async def test_bounds_drop_the_oldest_while_the_broker_is_away_and_say_how_much(
     )
     gate = await Gate(broker).start()
     gate.open = False
-    async with observing(broker) as sub:
+    async with ArrivalLog(broker).running() as sub:
         process = await gateway(config, broker, port=gate.port).start()
         await process.wait_for(lambda s: "store full (500 messages)" in s, stream="stderr", timeout=20)
         await asyncio.sleep(4)  # keep dropping for a while
@@ -433,7 +208,7 @@ async def test_bounds_drop_the_oldest_while_the_broker_is_away_and_say_how_much(
         )
         reconnected_at = time.time()
         line = await process.wait_for(lambda s: "no more:" in s, stream="stderr", timeout=30)
-        await sub.wait_for(lambda: any(a.ts > reconnected_at + 1 for a in sub.arrivals), 20, "live delivery")
+        await wait_until(lambda: any(a.ts > reconnected_at + 1 for a in sub.arrivals), 20, "live delivery")
         process.signal(signal.SIGTERM)
         assert await process.wait(timeout=15) == 0
     await gate.close()
@@ -467,10 +242,10 @@ async def test_a_corrupt_queue_file_is_moved_aside_and_the_gateway_delivers(
     (state_dir / DB_NAME).write_bytes(os.urandom(8192))
     config = write_config(tmp_path / "gw.toml", state_dir, devices=1, interval=0.05)
 
-    async with observing(broker) as sub:
+    async with ArrivalLog(broker).running() as sub:
         process = await gateway(config, broker).start()
         line = await process.wait_for(lambda s: "is damaged" in s, stream="stderr", timeout=20)
-        await sub.wait_for(lambda: len(sub.arrivals) > 10, 20, "delivery from the fresh store")
+        await wait_until(lambda: len(sub.arrivals) > 10, 20, "delivery from the fresh store")
         process.signal(signal.SIGTERM)
         assert await process.wait(timeout=15) == 0
 

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
+
+from tests.support.local_server import LocalServer, ServerStartError, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BROKER_DIR = REPO_ROOT / "deploy" / "broker"
@@ -40,14 +39,8 @@ DEFAULT_AUDIENCE = "https://fieldgate-local.ts.eventgrid.azure.net/"
 DEFAULT_METHOD = "CUSTOM-JWT"
 
 
-class BrokerStartError(RuntimeError):
+class BrokerStartError(ServerStartError):
     """The broker did not come up; the message carries the tail of its log."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_plugin() -> None:
@@ -55,7 +48,7 @@ def build_plugin() -> None:
     subprocess.run(["make", "-s", "-C", str(BROKER_DIR)], check=True, capture_output=True, text=True)
 
 
-class LocalBroker:
+class LocalBroker(LocalServer):
     """mosquitto with the fieldgate auth plugin, on 127.0.0.1 and a free port.
 
     `verbose=True` turns on mosquitto's debug log (every packet and every allowed publish):
@@ -66,7 +59,10 @@ class LocalBroker:
     (mosquitto's retain_available) apply either way.
     """
 
-    host = "127.0.0.1"
+    name = "broker"
+    not_ready = "not listening"
+    start_error = BrokerStartError
+    poll_interval = 0.02
 
     def __init__(
         self,
@@ -98,10 +94,8 @@ class LocalBroker:
         max_auth_data: int = 8192,
         max_sub_length: int = 128,
     ) -> None:
-        self._own_dir = tempfile.TemporaryDirectory(prefix="fieldgate-broker-")
-        base = Path(self._own_dir.name)
-        self.runtime_dir = base / "runtime"
-        self.keys_dir = Path(keys_dir) if keys_dir is not None else base / "keys"
+        super().__init__(prefix="fieldgate-broker-", log_name="broker.log", start_timeout=start_timeout)
+        self.keys_dir = Path(keys_dir) if keys_dir is not None else self.base_dir / "keys"
         self.issuer = issuer
         self.audience = audience
         self.method = method
@@ -112,7 +106,6 @@ class LocalBroker:
         self.subscribe_claim = subscribe_claim
         self.tls = tls
         self.verbose = verbose
-        self.start_timeout = start_timeout
         self.quotas = quotas
         self.limits: dict[str, int | str] = {
             "publish-rate": publish_rate,
@@ -129,9 +122,6 @@ class LocalBroker:
             "max-sub-length": max_sub_length,
         }
         self.allow_retain = allow_retain
-        self.port = 0
-        self.log_path = base / "broker.log"
-        self._process: subprocess.Popen[bytes] | None = None
         self._lines: list[str] = []
         self._log_offset = 0
 
@@ -179,44 +169,11 @@ class LocalBroker:
             cmd.append("--no-quotas")
         return cmd
 
-    def start(self) -> LocalBroker:
-        # A free port can be taken between our probe and mosquitto's bind: try a few.
-        last_error: BrokerStartError | None = None
-        for _attempt in range(3):
-            self.port = free_port()
-            try:
-                self._start_once()
-                return self
-            except BrokerStartError as exc:
-                last_error = exc
-                self.stop()
-        assert last_error is not None
-        raise last_error
-
     def _start_once(self) -> None:
         self.keys_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        try:
-            self._process = subprocess.Popen(
-                self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise BrokerStartError(
-                    f"broker exited with {self._process.returncode}:\n" + "\n".join(self.log_lines()[-20:])
-                )
-            if self._listening():
-                return
-            time.sleep(0.02)
-        raise BrokerStartError(
-            f"broker not listening on {self.port} after {self.start_timeout}s:\n"
-            + "\n".join(self.log_lines()[-20:])
-        )
+        super()._start_once()
 
-    def _listening(self) -> bool:
+    def _ready(self) -> bool:
         # The listener line shows our port is ours (the proxy's or mosquitto's), not someone
         # else's on a reused port.
         ready = f"listen socket on port {self.port}."
@@ -229,17 +186,6 @@ class LocalBroker:
                 return True
         except OSError:
             return False
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
     @property
     def pid(self) -> int | None:
@@ -298,9 +244,6 @@ class LocalBroker:
         """How many log lines (from line `since` on) contain `needle`."""
         return sum(needle in line for line in self.log_lines()[since:])
 
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def log_lines(self) -> list[str]:
         """Every complete line the broker (and run.sh) logged so far."""
         # Read only what is new: tests poll this while the broker may log every packet.
@@ -326,26 +269,6 @@ class LocalBroker:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no broker log line containing {needle!r} within {timeout}s")
             time.sleep(0.02)
-
-    def close(self) -> None:
-        self.stop()
-        with contextlib.suppress(OSError):
-            self._own_dir.cleanup()
-
-    def __enter__(self) -> LocalBroker:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 __all__ = ["BrokerStartError", "LocalBroker", "build_plugin", "free_port"]

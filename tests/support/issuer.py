@@ -13,20 +13,17 @@ registered, disabled and enabled with deploy/issuer/client.sh, exactly as an ope
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tests.support.broker import DEFAULT_AUDIENCE, free_port
+from tests.support.broker import DEFAULT_AUDIENCE
+from tests.support.local_server import LocalServer, ServerStartError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ISSUER_DIR = REPO_ROOT / "deploy" / "issuer"
@@ -34,18 +31,20 @@ RUN_SH = ISSUER_DIR / "run.sh"
 CLIENT_SH = ISSUER_DIR / "client.sh"
 
 
-class IssuerStartError(RuntimeError):
+class IssuerStartError(ServerStartError):
     """The issuer did not come up; the message carries the tail of its log."""
 
 
-class LocalIssuer:
+class LocalIssuer(LocalServer):
     """node-oidc-provider on 127.0.0.1 and a free port, issuing JWTs for the local broker.
 
     `iss` defaults to the issuer's own URL (as a real provider's would be); start the broker with
     `LocalBroker(issuer=issuer.iss)` and the issuer's public key as `issuer.pem` in its keys dir.
     """
 
-    host = "127.0.0.1"
+    name = "issuer"
+    not_ready = "not answering"
+    start_error = IssuerStartError
 
     def __init__(
         self,
@@ -56,17 +55,11 @@ class LocalIssuer:
         keys_dir: Path | None = None,
         start_timeout: float = 60.0,
     ) -> None:
-        self._own_dir = tempfile.TemporaryDirectory(prefix="fieldgate-issuer-")
-        base = Path(self._own_dir.name)
-        self.runtime_dir = base / "runtime"
+        super().__init__(prefix="fieldgate-issuer-", log_name="issuer.log", start_timeout=start_timeout)
         self.keys_dir = Path(keys_dir) if keys_dir is not None else self.runtime_dir / "keys"
         self._iss = iss
         self.audience = audience
         self.token_ttl = token_ttl
-        self.start_timeout = start_timeout
-        self.port = 0
-        self.log_path = base / "issuer.log"
-        self._process: subprocess.Popen[bytes] | None = None
 
     # -- where things are -----------------------------------------------------------------------
     @property
@@ -144,42 +137,6 @@ class LocalIssuer:
             cmd += ["--issuer", self._iss]
         return cmd
 
-    def start(self) -> LocalIssuer:
-        # A free port can be taken between our probe and node's bind: try a few.
-        last_error: IssuerStartError | None = None
-        for _attempt in range(3):
-            self.port = free_port()
-            try:
-                self._start_once()
-                return self
-            except IssuerStartError as exc:
-                last_error = exc
-                self.stop()
-        assert last_error is not None
-        raise last_error
-
-    def _start_once(self) -> None:
-        log = self.log_path.open("ab")
-        try:
-            self._process = subprocess.Popen(
-                self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise IssuerStartError(
-                    f"issuer exited with {self._process.returncode}:\n" + "\n".join(self.log_lines()[-20:])
-                )
-            if self._ready():
-                return
-            time.sleep(0.05)
-        raise IssuerStartError(
-            f"issuer not answering on {self.port} after {self.start_timeout}s:\n"
-            + "\n".join(self.log_lines()[-20:])
-        )
-
     def _ready(self) -> bool:
         # Its own "listening" line shows the port is ours; the discovery document shows it serves.
         if not any(f"listening on {self.url} " in line for line in self.log_lines()):
@@ -195,27 +152,6 @@ class LocalIssuer:
             document: dict[str, Any] = json.load(answer)
         return document
 
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def log_lines(self) -> list[str]:
-        """Every line the issuer (and run.sh) logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
-
     def wait_for_log(self, needle: str, timeout: float = 30.0, *, count: int = 1) -> list[str]:
         """The log lines containing `needle` once there are at least `count`, waiting up to `timeout` s."""
         deadline = time.monotonic() + timeout
@@ -226,26 +162,6 @@ class LocalIssuer:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"fewer than {count} issuer log lines with {needle!r} within {timeout}s")
             time.sleep(0.05)
-
-    def close(self) -> None:
-        self.stop()
-        with contextlib.suppress(OSError):
-            self._own_dir.cleanup()
-
-    def __enter__(self) -> LocalIssuer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 __all__ = ["IssuerStartError", "LocalIssuer"]

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from gateway.service.snapshot import STATUS_FILE, Snapshot, read_status_file
-from tests.store.test_store_e2e import Gate, gateway, observing, quiet, write_config
 from tests.support.broker import LocalBroker
+from tests.support.gate import Gate
+from tests.support.store_and_forward import ArrivalLog, gateway, quiet, write_config
+from tests.support.subscriber import wait_until
 from tests.support.tokens import generate_rsa_key_pair
 
 pytestmark = pytest.mark.broker
@@ -68,12 +70,12 @@ async def test_after_an_outage_under_load_the_drain_keeps_to_the_quota_and_loses
 
     with LocalBroker(keys_dir=keys, quotas=True, publish_rate=BROKER_RATE, throttle=throttle) as broker:  # type: ignore[arg-type]
         gate = await Gate(broker).start()
-        async with observing(broker) as sub:
+        async with ArrivalLog(broker).running() as sub:
             process = await gateway(config, broker, port=gate.port).start()
-            await sub.wait_for(lambda: len(sub.arrivals) > 40, 30, "delivery before the outage")
+            await wait_until(lambda: len(sub.arrivals) > 40, 30, "delivery before the outage")
 
             gate.cut()
-            await sub.wait_for(quiet(sub, 1.0), 10, "the subscriber has what the broker accepted")
+            await wait_until(quiet(sub, 1.0), 10, "the subscriber has what the broker accepted")
             await asyncio.sleep(OUTAGE_SECONDS)  # the outage, under load
             back_at = time.time()
             mark = len(process.stderr)
@@ -88,7 +90,7 @@ async def test_after_an_outage_under_load_the_drain_keeps_to_the_quota_and_loses
                 late = [a.at for a in sub.arrivals if a.at > back_at and a.ts < back_at]
                 return bool(late) and time.time() - max(late) > 3.0
 
-            await sub.wait_for(drained, 240, "the backlog drained")
+            await wait_until(drained, 240, "the backlog drained")
             status = await fresh_status(state_dir, after=time.time())
             process.signal(signal.SIGTERM)
             assert await process.wait(timeout=15) == 0
