@@ -14,7 +14,7 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.auth import (
     FileTokenSource,
@@ -133,6 +133,28 @@ async def test_signer_errors_name_the_file_and_never_its_content(tmp_path: Path)
     )
     with pytest.raises(TokenError, match="RS256 needs an RSA key"):
         await SignerTokenSource(signer_config(ec_key)).get_token()
+
+
+async def test_signer_refuses_a_key_whose_signatures_do_not_verify(tmp_path: Path) -> None:
+    # Parsed without cryptography's slow validation: a damaged key must still be refused before use.
+    good = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    damaged = rsa.RSAPrivateNumbers(
+        p=good.p,
+        q=good.q,
+        d=good.d ^ 2,
+        dmp1=good.dmp1 ^ 2,
+        dmq1=good.dmq1 ^ 2,
+        iqmp=good.iqmp,
+        public_numbers=good.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    path = tmp_path / "damaged.key"
+    path.write_bytes(
+        damaged.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with pytest.raises(TokenError, match=r"damaged\.key is not a PEM private key"):
+        await SignerTokenSource(signer_config(path)).get_token()
 
 
 def write_token(path: Path, token: str) -> None:
