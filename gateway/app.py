@@ -42,6 +42,11 @@ TASK_RESTART_MIN = 0.5
 TASK_RESTART_MAX = 30.0
 #: A task that ran this long since its last restart is healthy again: backoff and log episode reset.
 TASK_STABLE_AFTER = 60.0
+#: At start the drivers wait this long at most for the uplink's first connect attempt to end. Until its
+#: CONNECT is out that attempt is CPU work (imports, the token), which the drivers' own library imports
+#: and first polls would delay by tens of milliseconds; past this bound it waits on the network, which
+#: the drivers' start does not slow down. Readings are not lost either way: they go to the store.
+UPLINK_HEAD_START = 0.2
 
 
 @dataclass
@@ -174,6 +179,7 @@ class Gateway:
                     helpers.append(self._keep(tg, "commands", self.commands.run))
                 if self.config.gateway.stats_interval > 0:
                     helpers.append(tg.create_task(self._stats_loop(), name="stats"))
+                await self._uplink_head_start()
                 self._start_drivers(self.config)
                 self._ready.set()
                 log.info(
@@ -211,6 +217,17 @@ class Gateway:
                 await self.store.wait_empty()
         except TimeoutError:
             log.warning("shutdown grace of %gs over with %d messages waiting", grace, len(self.store))
+
+    async def _uplink_head_start(self) -> None:
+        """Until the uplink's first connect attempt is over (connected or failed), at most UPLINK_HEAD_START;
+        no wait with a sink that does not connect (the dry run)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UPLINK_HEAD_START
+        while loop.time() < deadline and not self._stop.is_set():
+            stats = self.sink.stats
+            if stats is None or stats.connected or stats.failed_connects:
+                return
+            await asyncio.sleep(0.005)
 
     # -- supervision -------------------------------------------------------------------------------
     def _keep(
