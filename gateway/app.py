@@ -15,9 +15,8 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.commands.service import CommandService
 from gateway.config import Config, load_config
 from gateway.config.limits import DEFAULT_LIMITS
 from gateway.errors import ConfigError
@@ -30,6 +29,9 @@ from gateway.pipeline.router import Router
 from gateway.service.snapshot import uplink_status
 from gateway.store import Store, make_store
 from gateway.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from gateway.commands.service import CommandService
 
 log = logging.getLogger("fieldgate.app")
 
@@ -95,6 +97,9 @@ class Gateway:
         self.commands: CommandService | None = None
         if config.commands is not None:
             if isinstance(sink, CommandTransport):
+                # Imported only for a config with [commands]: the others do not pay for it at start.
+                from gateway.commands.service import CommandService
+
                 self.commands = CommandService(
                     config.commands,
                     gateway_id=config.gateway.id,
