@@ -125,7 +125,7 @@ def load_signing_key(path: Path) -> SigningKey:
     if lib is None:
         return _CryptographyKey(load_private_key(path))
     pem = _read_key_file(path)
-    if b"ENCRYPTED" in pem:  # PKCS #8 "BEGIN ENCRYPTED PRIVATE KEY" or PEM's "Proc-Type: 4,ENCRYPTED"
+    if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in pem or b"Proc-Type: 4,ENCRYPTED" in pem:
         raise TokenError(f"key file {path} is encrypted; give an unencrypted PEM key")
     try:
         key = load_rsa_key(lib, pem)
