@@ -18,7 +18,7 @@ class ModbusPlugin:
     def build(self, config: DriverConfig) -> Sequence[Driver]:
         assert isinstance(config, ModbusConfig)
         # Imported here, not with the plugin: checking a config needs none of it, and at start the
-        # gateway builds its drivers once the uplink's first connect is under way. pymodbus itself
+        # gateway builds its drivers once the uplink's first connect attempt is over. pymodbus itself
         # waits for a link's first connect (drivers.modbus.link.load_pymodbus).
         from drivers.modbus.driver import build_drivers
 
