@@ -15,9 +15,8 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.commands.service import CommandService
 from gateway.config import Config, load_config
 from gateway.config.limits import DEFAULT_LIMITS
 from gateway.errors import ConfigError
@@ -31,6 +30,9 @@ from gateway.service.snapshot import uplink_status
 from gateway.store import Store, make_store
 from gateway.store.memory import MemoryStore
 
+if TYPE_CHECKING:
+    from gateway.commands.service import CommandService
+
 log = logging.getLogger("fieldgate.app")
 
 #: Restart delays for a driver whose run() ended or crashed (a bug, not a device fault).
@@ -42,6 +44,11 @@ TASK_RESTART_MIN = 0.5
 TASK_RESTART_MAX = 30.0
 #: A task that ran this long since its last restart is healthy again: backoff and log episode reset.
 TASK_STABLE_AFTER = 60.0
+#: At start the drivers wait this long at most for the uplink's first connect attempt to end. Until its
+#: CONNECT is out that attempt is CPU work (imports, the token), which the drivers' own library imports
+#: and first polls would delay by tens of milliseconds; past this bound it waits on the network, which
+#: the drivers' start does not slow down. Readings are not lost either way: they go to the store.
+UPLINK_HEAD_START = 0.2
 
 
 @dataclass
@@ -90,6 +97,9 @@ class Gateway:
         self.commands: CommandService | None = None
         if config.commands is not None:
             if isinstance(sink, CommandTransport):
+                # Imported only for a config with [commands]: the others do not pay for it at start.
+                from gateway.commands.service import CommandService
+
                 self.commands = CommandService(
                     config.commands,
                     gateway_id=config.gateway.id,
@@ -174,6 +184,7 @@ class Gateway:
                     helpers.append(self._keep(tg, "commands", self.commands.run))
                 if self.config.gateway.stats_interval > 0:
                     helpers.append(tg.create_task(self._stats_loop(), name="stats"))
+                await self._uplink_head_start()
                 self._start_drivers(self.config)
                 self._ready.set()
                 log.info(
@@ -211,6 +222,17 @@ class Gateway:
                 await self.store.wait_empty()
         except TimeoutError:
             log.warning("shutdown grace of %gs over with %d messages waiting", grace, len(self.store))
+
+    async def _uplink_head_start(self) -> None:
+        """Until the uplink's first connect attempt is over (connected or failed), at most UPLINK_HEAD_START;
+        no wait with a sink that does not connect (the dry run)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UPLINK_HEAD_START
+        while loop.time() < deadline and not self._stop.is_set():
+            stats = self.sink.stats
+            if stats is None or stats.connected or stats.failed_connects:
+                return
+            await asyncio.sleep(0.005)
 
     # -- supervision -------------------------------------------------------------------------------
     def _keep(

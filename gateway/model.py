@@ -253,6 +253,8 @@ class UplinkStats:
     inflight_bytes: int = 0
     peak_inflight_bytes: int = 0
     send_rate: float = 0.0
+    #: Connect attempts that failed (no token, unreachable, refused), since start.
+    failed_connects: int = 0
 
 
 class MessageSink(Protocol):

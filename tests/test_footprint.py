@@ -4,11 +4,14 @@ when the config needs them (each is a few MiB of RSS and tens of milliseconds of
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.tokens import generate_rsa_key_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCHED = ("pymodbus", "serial", "aiomqtt", "paho", "azure", "prometheus_client")
@@ -76,3 +79,58 @@ def test_modbus_devices_bring_pymodbus_and_nothing_of_the_uplink_or_services(
     assert "pymodbus" in libraries
     # pymodbus imports pyserial itself (for its serial client); no uplink, azure or metrics without config.
     assert libraries - {"pymodbus", "serial"} == set()
+
+
+UPLINK_SIGNER = """
+[uplink]
+host = "127.0.0.1"
+port = {port}
+tls = false
+connect_timeout = 1
+
+[uplink.token]
+source = "signer"
+key_file = "{key}"
+issuer = "https://fieldgate.dev/issuer"
+audience = "https://fieldgate-local.ts.eventgrid.azure.net/"
+"""
+
+#: What a run with Modbus devices, a signed token and neither [uplink.permissions], [commands] nor [metrics]
+#: must not import: cryptography (~11 MiB; the signer goes through the ssl module's libcrypto), PyJWT, the
+#: permission gate, the command service, the Prometheus client, azure-identity.
+NOT_FOR_A_PLAIN_RUN = (
+    "cryptography",
+    "jwt",
+    "prometheus_client",
+    "azure",
+    "gateway.permissions",
+    "gateway.commands",
+    "gateway.service.metrics",
+)
+
+
+def test_a_run_with_modbus_devices_and_a_signed_token_imports_only_what_the_config_uses(
+    tmp_path: Path,
+) -> None:
+    key, _ = generate_rsa_key_pair(tmp_path, "issuer")
+    with socket.socket() as sock:  # a port nobody listens on: the token is signed, the connect refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "gateway.toml"
+    config.write_text(GATEWAY.format(state=tmp_path) + MODBUS_TCP + UPLINK_SIGNER.format(port=port, key=key))
+    probe = (
+        "import json, sys\n"
+        "from gateway.cli.main import main\n"
+        f"code = main(['run', '-c', {str(config)!r}, '--duration', '1'])\n"
+        "print(json.dumps([code, sorted(sys.modules)]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    code, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 0, done.stderr
+    # The uplink got as far as its connect: the key was read and the token signed.
+    assert "connection refused" in done.stderr.lower(), done.stderr
+    assert "gateway.auth.signer" in modules and "pymodbus" in modules
+    loaded = {m for m in modules for name in NOT_FOR_A_PLAIN_RUN if m == name or m.startswith(name + ".")}
+    assert loaded == set()

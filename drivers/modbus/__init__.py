@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from drivers.modbus.config import ModbusConfig, parse_config
-from drivers.modbus.driver import build_drivers
 from gateway.model import Driver, DriverConfig
 from gateway.schema import Table
 
@@ -18,6 +17,11 @@ class ModbusPlugin:
 
     def build(self, config: DriverConfig) -> Sequence[Driver]:
         assert isinstance(config, ModbusConfig)
+        # Imported here, not with the plugin: checking a config needs none of it, and at start the
+        # gateway builds its drivers once the uplink's first connect attempt is over. pymodbus itself
+        # waits for a link's first connect (drivers.modbus.link.load_pymodbus).
+        from drivers.modbus.driver import build_drivers
+
         return build_drivers(config)
 
 

@@ -13,11 +13,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
+from typing import TYPE_CHECKING
 
 from drivers.modbus.config import SerialBus, TcpEndpoint
 from gateway.errors import DeviceProtocolError, DeviceRefused, DeviceTimeout, DeviceUnavailable, DriverError
@@ -47,7 +43,63 @@ FUNCTION_NAMES = {
     16: "write multiple registers",
 }
 
-_FRAMERS = {"socket": FramerType.SOCKET, "rtu": FramerType.RTU, "ascii": FramerType.ASCII}
+if TYPE_CHECKING:
+    from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+    from pymodbus.pdu import ModbusPDU
+
+
+class _Pymodbus:
+    """The pymodbus names the links use, imported by :func:`load_pymodbus`."""
+
+    def __init__(self) -> None:
+        from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+        from pymodbus.framer import FramerType
+
+        self.serial_client = AsyncModbusSerialClient
+        self.tcp_client = AsyncModbusTcpClient
+        self.connection_error = ConnectionException
+        self.error = ModbusException
+        self.io_error = ModbusIOException
+        self.framers = {"socket": FramerType.SOCKET, "rtu": FramerType.RTU, "ascii": FramerType.ASCII}
+
+
+class _Import:
+    """Where the import stands (one per process; the task belongs to the loop that started it)."""
+
+    lib: _Pymodbus | None = None
+    task: asyncio.Task[None] | None = None
+
+
+_import = _Import()
+
+
+def _import_pymodbus() -> None:
+    if _import.lib is None:
+        _import.lib = _Pymodbus()
+
+
+async def load_pymodbus() -> None:
+    """Import pymodbus (~55 ms of CPU on a small VM) once, in a worker thread, at the first connect.
+
+    Not at import of the plugin nor on the event loop: at start the uplink is connecting at the same
+    time, and a thread lets the loop take the GIL every switch interval and answer the broker, where an
+    import on the loop would hold the CONNACK back for all of it. One shared task, so that ten devices
+    starting together do not take ten of the loop's executor threads (which the uplink needs too).
+    """
+    if _import.lib is not None:
+        return
+    loop = asyncio.get_running_loop()
+    task = _import.task
+    if task is None or task.get_loop() is not loop or task.done():
+        task = _import.task = loop.create_task(asyncio.to_thread(_import_pymodbus), name="modbus.import")
+    # Shielded: a device cancelled while waiting must not cancel the import the others wait for.
+    await asyncio.shield(task)
+
+
+def _lib() -> _Pymodbus:
+    assert _import.lib is not None, "load_pymodbus() first"
+    return _import.lib
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +149,13 @@ class Channel:
 
     def _new_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
         link = self.link
+        lib = _lib()
         # pymodbus' own retries and reconnects are off: we time, retry and back off ourselves so that
         # one slave's silence costs the others at most one timeout. Its timeout is only a safety net.
         if isinstance(link, SerialBus):
-            return AsyncModbusSerialClient(
+            return lib.serial_client(
                 link.port,
-                framer=_FRAMERS[link.framer],
+                framer=lib.framers[link.framer],
                 baudrate=link.baudrate,
                 bytesize=link.bytesize,
                 parity=link.parity,
@@ -112,10 +165,10 @@ class Channel:
                 reconnect_delay=0,
                 trace_packet=self._trace,
             )
-        return AsyncModbusTcpClient(
+        return lib.tcp_client(
             link.host,
             port=link.port,
-            framer=_FRAMERS[link.framer],
+            framer=lib.framers[link.framer],
             timeout=max(5.0, 2 * link.timeout),
             retries=0,
             reconnect_delay=0,
@@ -143,6 +196,7 @@ class Channel:
             ok = await asyncio.to_thread(_port_opens, self.link.port)
         if ok:
             if self._client is None:
+                await load_pymodbus()
                 self._client = self._make_client()
             ok = bool(await self._client.connect()) and self._client.connected
         if ok:
@@ -177,6 +231,7 @@ class Channel:
         await self._ensure_connected(device)
         client = self._client
         assert client is not None
+        lib = _lib()
         self._rx_seen = False
         self._unit = unit
         try:
@@ -192,10 +247,10 @@ class Channel:
                     f"{op.describe(unit)}: bad frame (bytes arrived but no valid answer: CRC or length)",
                 ) from exc
             raise DeviceTimeout(device, f"{op.describe(unit)}: no answer within {reply_timeout:g}s") from exc
-        except ConnectionException as exc:
+        except lib.connection_error as exc:
             self._drop()
             raise DeviceUnavailable(device, f"{op.describe(unit)}: not connected") from exc
-        except ModbusException as exc:
+        except lib.error as exc:
             raise DeviceProtocolError(device, f"{op.describe(unit)}: {exc}") from exc
         if rsp.isError():
             code = int(getattr(rsp, "exception_code", 0))
@@ -253,11 +308,12 @@ def _discard_undecodable_frames(client: AsyncModbusSerialClient | AsyncModbusTcp
     """
     manager = client.ctx
     handle = manager.callback_data
+    io_error = _lib().io_error
 
     def callback_data(data: bytes, addr: tuple[str, int] | None = None) -> int:
         try:
             return int(handle(data, addr))
-        except ModbusIOException:
+        except io_error:
             return len(data)
 
     manager.callback_data = callback_data  # type: ignore[method-assign]

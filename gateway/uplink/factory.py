@@ -7,9 +7,6 @@ from gateway.auth import make_token_source
 from gateway.config import Config
 from gateway.config.uplink import UplinkConfig
 from gateway.model import MessageSink
-from gateway.permissions.gate import PermissionGate
-from gateway.permissions.report import device_topics
-from gateway.permissions.tracker import track_permissions
 from gateway.uplink.session import Uplink
 
 
@@ -28,6 +25,11 @@ def guard_uplink(config: Config, uplink: Uplink) -> MessageSink:
     cfg = config.uplink
     if not isinstance(cfg, UplinkConfig) or cfg.permissions is None:
         return uplink
+    # Imported only for a config with [uplink.permissions]: the others do not pay for them at start.
+    from gateway.permissions.gate import PermissionGate
+    from gateway.permissions.report import device_topics
+    from gateway.permissions.tracker import track_permissions
+
     tracker = track_permissions(uplink, cfg.permissions)
     # Held messages stay in the store (taken, not acknowledged): at most half of it, so they cannot
     # starve the topics that are granted.

@@ -276,6 +276,7 @@ class Uplink:
         self._over_limit_logged = False
         self._failing: str | None = None
         self._failures = 0
+        self._failed_connects = 0
         #: Connections in a row the broker ended before they became stable, and how (a loop's kind).
         self._short_lived = 0
         self._short_kind: str | None = None
@@ -318,6 +319,7 @@ class Uplink:
             inflight_bytes=shaping.inflight_bytes,
             peak_inflight_bytes=shaping.peak_inflight_bytes,
             send_rate=shaping.send_rate,
+            failed_connects=self._failed_connects,
         )
 
     async def wait_connected(self) -> None:
@@ -747,6 +749,7 @@ class Uplink:
     def _fail(self, what: str) -> None:
         """A connect attempt failed: error once per streak of the same failure, debug while it lasts."""
         self._failures += 1
+        self._failed_connects += 1
         if self._failing != what:
             self._failing = what
             log.error("uplink to %s:%d: %s", self._config.host, self._config.port, what)

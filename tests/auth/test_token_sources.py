@@ -14,7 +14,7 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.auth import (
     FileTokenSource,
@@ -39,6 +39,16 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return generate_rsa_key_pair(tmp_path_factory.mktemp("keys"), "issuer")
 
 
+@pytest.fixture(params=["libcrypto", "cryptography"])
+def signing_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The signer signs through the ssl module's libcrypto, or through cryptography where it cannot."""
+    if request.param == "libcrypto":
+        assert signer_module.libcrypto() is not None, "this host's ssl has no shared OpenSSL 3"
+    else:
+        monkeypatch.setattr(signer_module, "libcrypto", lambda: None)
+    return str(request.param)
+
+
 def signer_config(key: Path, **overrides: object) -> SignerTokenConfig:
     values: dict[str, object] = {
         "key_file": key,
@@ -57,6 +67,7 @@ def token_parts(token: str) -> list[str]:
     return [token, *token.split(".")]
 
 
+@pytest.mark.usefixtures("signing_backend")
 async def test_signer_issues_rs256_tokens_with_the_configured_claims(keys: tuple[Path, Path]) -> None:
     private, public = keys
     cfg = signer_config(
@@ -98,19 +109,20 @@ async def test_signer_with_several_audiences_sends_an_array(keys: tuple[Path, Pa
 
 async def test_signer_parses_the_key_once(keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     loads: list[Path] = []
-    real = signer_module.load_private_key
+    real = signer_module.load_signing_key
 
     def counting(path: Path) -> object:
         loads.append(path)
         return real(path)
 
-    monkeypatch.setattr(signer_module, "load_private_key", counting)
+    monkeypatch.setattr(signer_module, "load_signing_key", counting)
     source = SignerTokenSource(signer_config(keys[0]))
     tokens = [await source.get_token() for _ in range(5)]
     assert loads == [keys[0]]
     assert len({t.value for t in tokens}) >= 1
 
 
+@pytest.mark.usefixtures("signing_backend")
 async def test_signer_errors_name_the_file_and_never_its_content(tmp_path: Path) -> None:
     missing = SignerTokenSource(signer_config(tmp_path / "nope.key"))
     with pytest.raises(TokenError, match=r"cannot read key file .*nope\.key"):
@@ -133,6 +145,41 @@ async def test_signer_errors_name_the_file_and_never_its_content(tmp_path: Path)
     )
     with pytest.raises(TokenError, match="RS256 needs an RSA key"):
         await SignerTokenSource(signer_config(ec_key)).get_token()
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(TokenError, match=r"locked\.key is encrypted"):
+        await SignerTokenSource(signer_config(locked)).get_token()
+
+
+@pytest.mark.usefixtures("signing_backend")
+async def test_signer_refuses_a_key_whose_signatures_do_not_verify(tmp_path: Path) -> None:
+    # Parsed without cryptography's slow validation: a damaged key must still be refused before use.
+    good = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    damaged = rsa.RSAPrivateNumbers(
+        p=good.p,
+        q=good.q,
+        d=good.d ^ 2,
+        dmp1=good.dmp1 ^ 2,
+        dmq1=good.dmq1 ^ 2,
+        iqmp=good.iqmp,
+        public_numbers=good.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    path = tmp_path / "damaged.key"
+    path.write_bytes(
+        damaged.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with pytest.raises(TokenError, match=r"damaged\.key is not a PEM private key"):
+        await SignerTokenSource(signer_config(path)).get_token()
 
 
 def write_token(path: Path, token: str) -> None:
