@@ -40,6 +40,9 @@ from dataclasses import dataclass
 from gateway.config.model import DeviceRoute, TelemetrySettings
 from gateway.model import NOT_FINITE, Message, PointBatch, Quality, Reading, clean_reading, json_value
 
+#: The value types ``%r`` writes as ``json`` does (bool is not among them: ``True`` is not ``true``).
+_NUMBER_TYPES = frozenset((int, float))
+
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -64,6 +67,17 @@ def _value_text(value: object) -> str:
     if type(value) is int:
         return int.__repr__(value)
     return _encode(json_value(value))
+
+
+def _plain_numbers(values: Sequence[object], stamps: Sequence[float], ts: float) -> bool:
+    """Every value a finite int or float (not a bool), every stamp ``ts``: a cycle ``%r`` and ``repr``
+    write as ``json`` does. Checked in C-speed passes, not per point in Python."""
+    if stamps.count(ts) != len(values) or not _NUMBER_TYPES.issuperset(map(type, values)):
+        return False
+    try:
+        return math.isfinite(sum(values))  # type: ignore[arg-type]
+    except OverflowError:  # an int too large for a float: the general path says what it is
+        return False
 
 
 def _columns(
@@ -173,6 +187,8 @@ class Router:
         self._heads: dict[str, str] = {}
         self._tails: dict[str | None, str] = {}
         self._names: dict[str, str] = {}
+        #: device -> (names, units, template) of its last all-numbers cycle (``_points_numbers``).
+        self._layouts: dict[str, tuple[list[str], list[str | None], str]] = {}
         self.compact = False
         self.gateway_batch = 0.0
         self.point_lists = False
@@ -278,6 +294,38 @@ class Router:
 
     # -- the default format from columns -----------------------------------------------------------
     def _points_text(self, batch: PointBatch, ts: float) -> str:
+        return self._points_numbers(batch, ts) or self._points_any(batch, ts)
+
+    def _points_numbers(self, batch: PointBatch, ts: float) -> str | None:
+        """The common cycle - every point good, sampled at ``ts``, a finite int or float - in one ``%``
+        formatting of a per-device template; None for any other cycle. ``%r`` writes ints and floats
+        as ``json`` does; bools, None, text and non-finite numbers take the general path."""
+        values = batch.values
+        if batch.bad or not _plain_numbers(values, batch.stamps, ts):
+            return None
+        names = batch.names if type(batch.names) is list else list(batch.names)
+        units = batch.units if type(batch.units) is list else list(batch.units)
+        layout = self._layouts.get(batch.device)
+        if layout is None or layout[0] != names or layout[1] != units:
+            # "%" in a name or unit is literal text in the template.
+            template = ",".join(
+                self._name(name).replace("%", "%%")
+                + ':{"value":%r'
+                + self._tail(unit).replace("%", "%%")
+                + "}"
+                for name, unit in zip(names, units, strict=True)
+            )
+            layout = self._layouts[batch.device] = (list(names), list(units), template)
+        return '"points":{' + layout[2] % tuple(values) + "}"
+
+    def _tail(self, unit: str | None) -> str:
+        tail = self._tails.get(unit)
+        if tail is None:
+            unit_text = "" if unit is None else f',"unit":{_encode(unit)}'
+            tail = self._tails[unit] = f'{unit_text},"quality":"good"'
+        return tail
+
+    def _points_any(self, batch: PointBatch, ts: float) -> str:
         heads, tails, bad = self._heads, self._tails, batch.bad
         isfinite, float_repr, int_repr = math.isfinite, float.__repr__, int.__repr__
         parts: list[str] = []
@@ -290,10 +338,7 @@ class Router:
             head = heads.get(name)
             if head is None:
                 head = heads[name] = f'{self._name(name)}:{{"value":'
-            tail = tails.get(unit)
-            if tail is None:
-                unit_text = "" if unit is None else f',"unit":{_encode(unit)}'
-                tail = tails[unit] = f'{unit_text},"quality":"good"'
+            tail = tails.get(unit) or self._tail(unit)
             end = "}" if stamp == ts else f',"ts":{_value_text(stamp)}}}'
             # _value_text inlined for the two common kinds: this loop runs once per reading.
             kind = type(value)
@@ -396,6 +441,11 @@ class Router:
         names, values, stamps, bad = _columns(readings)
         units = readings.units if isinstance(readings, PointBatch) else [r.unit for r in readings]
         plist, where = self._point_list(device, names, units)
+        if not bad and _plain_numbers(values, stamps, ts):
+            text = f'{{"n":{self._name(device)},"k":"{plist.key}"'
+            if where is not None:
+                text += f',"i":{_encode(where)}'
+            return text + f',"v":[{",".join(map(repr, values))}]' + self._list_due(plist)
         isfinite, float_repr, int_repr = math.isfinite, float.__repr__, int.__repr__
         v: list[str] = []
         pt: list[str] = []
@@ -425,11 +475,15 @@ class Router:
             text += f',"pt":{{{",".join(pt)}}}'
         if q:
             text += f',"q":{{{",".join(q)}}}'
+        return text + self._list_due(plist)
+
+    def _list_due(self, plist: PointList) -> str:
+        """The list's text when it is due on an entry (new, or ``point_list_period`` since), else ''."""
         now = time.monotonic()
         if now - plist.sent_at >= self._point_list_period:
             plist.sent_at = now
-            text += plist.text
-        return text
+            return plist.text
+        return ""
 
     def _compact_message(self, topic: str, ts: float, entries: Sequence[str], device: str) -> Message:
         seq = self.next_seq

@@ -178,6 +178,10 @@ def gateway_config(
         f'[store]\nkind = "{store}"',
         f"[telemetry]\n{telemetry}",
         f'[uplink]\nhost = "127.0.0.1"\nport = {broker.port}\ntls = false\nconnect_timeout = 5',
+        # Above Event Grid's per-session 1 MB/s: the default payload at 20,000 readings/s is ~1.3 MB/s,
+        # which one Event Grid session would throttle (the compact payload is what fits); here the
+        # subject is the gateway's CPU, not the quota's pacing.
+        "[uplink.limits]\nbytes_per_second = 8_000_000\ninflight_bytes = 1_000_000",
         "[uplink.token]",
         f'source = "signer"\nkey_file = "{broker.private_key_path}"\nissuer = "{broker.issuer}"',
         f'audience = "{broker.audience}"\nlifetime = 3600',
