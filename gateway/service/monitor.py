@@ -131,7 +131,8 @@ class ServiceMonitor:
                     self._notifier.status(status_line(snap))
                     await self._write(snap)
                     last_status = now
-                else:
+                elif self._on_snapshot is not None:
+                    # Between status writes only a metrics endpoint reads snapshots.
                     self.snapshot()
         finally:
             stopping.cancel()
