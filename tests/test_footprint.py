@@ -134,3 +134,28 @@ def test_a_run_with_modbus_devices_and_a_signed_token_imports_only_what_the_conf
     assert "gateway.auth.signer" in modules and "pymodbus" in modules
     loaded = {m for m in modules for name in NOT_FOR_A_PLAIN_RUN if m == name or m.startswith(name + ".")}
     assert loaded == set()
+
+
+def test_a_gateway_with_its_own_oauth2_client_key_signs_its_assertion_without_cryptography(
+    tmp_path: Path,
+) -> None:
+    # private_key_jwt is the per-gateway identity of a fleet: its client assertion is signed like the
+    # signer's tokens, through the ssl module's libcrypto.
+    import jwt
+
+    key, public = generate_rsa_key_pair(tmp_path, "gateway")
+    probe = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "import gateway.auth.oauth2\n"
+        "from gateway.auth.signer import load_signing_key, sign_rs256\n"
+        f"token = sign_rs256({{'sub': 'gw-1'}}, load_signing_key(Path({str(key)!r})), {{'typ': 'JWT'}})\n"
+        "print(json.dumps([token, sorted(sys.modules)]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    token, modules = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert jwt.decode(token, Path(public).read_text(), algorithms=["RS256"]) == {"sub": "gw-1"}
+    assert {m.split(".")[0] for m in modules} & {"cryptography", "jwt"} == set()

@@ -1,8 +1,8 @@
 """Token sources behind one async ``get_token()``: ``signer``, ``file``, ``oauth2`` and ``azure``
 (Entra ID). Reference: ``README.md`` here.
 
-Errors from PyJWT, cryptography and the OS are mapped to :class:`gateway.errors.TokenError` at this
-boundary; no message ever contains token text or key material.
+Errors from libcrypto, cryptography, urllib and the OS are mapped to :class:`gateway.errors.TokenError`
+at this boundary; no message ever contains token text or key material.
 """
 
 from __future__ import annotations

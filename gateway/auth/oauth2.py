@@ -1,9 +1,9 @@
 """``oauth2``: the client-credentials grant against an OpenID Connect provider's token endpoint.
 
 The client authenticates with a secret (HTTP Basic or in the form body) or with ``private_key_jwt``: an
-RS256 client assertion signed with PyJWT (``iss`` = ``sub`` = client id, ``aud`` = the token endpoint,
-a short ``exp``, a unique ``jti``). The access token must be a JWT (the broker verifies it); its ``exp``,
-else the answer's ``expires_in``, says when it runs out.
+RS256 client assertion signed as the ``signer`` signs (``iss`` = ``sub`` = client id, ``aud`` = the token
+endpoint, a short ``exp``, a unique ``jti``). The access token must be a JWT (the broker verifies it); its
+``exp``, else the answer's ``expires_in``, says when it runs out.
 
 HTTP goes through the standard library's ``urllib.request`` in a worker thread: one small POST per
 refresh does not justify an HTTP client dependency. Errors name the token endpoint and what the
@@ -24,10 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-
-from gateway.auth.signer import load_private_key
+from gateway.auth.signer import SigningKey, load_signing_key, sign_rs256
 from gateway.auth.token import Token, decode_unverified
 from gateway.config.uplink import OAuth2TokenConfig
 from gateway.errors import SecretError, TokenError
@@ -52,7 +49,7 @@ class OAuth2TokenSource:
     def __init__(self, config: OAuth2TokenConfig, *, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._clock = clock
-        self._key: RSAPrivateKey | None = None
+        self._key: SigningKey | None = None
         self._lock = asyncio.Lock()
         self._token: Token | None = None
         #: ``time.monotonic()`` until which the held token is handed out again (half its lifetime left).
@@ -68,15 +65,15 @@ class OAuth2TokenSource:
         return f"oauth2 {cfg.token_endpoint} (client {cfg.client_id}, {cfg.client_auth})"
 
     # -- the request ---------------------------------------------------------------------------------
-    async def _signing_key(self) -> RSAPrivateKey:
+    async def _signing_key(self) -> SigningKey:
         async with self._lock:
             if self._key is None:
                 assert self._config.private_key_file is not None  # the config parser requires it
                 # File read and PEM parsing (~30 ms): worker thread, once.
-                self._key = await asyncio.to_thread(load_private_key, self._config.private_key_file)
+                self._key = await asyncio.to_thread(load_signing_key, self._config.private_key_file)
             return self._key
 
-    def client_assertion(self, key: RSAPrivateKey, now: float) -> str:
+    def client_assertion(self, key: SigningKey, now: float) -> str:
         """The ``private_key_jwt`` client assertion (RFC 7523): short-lived, single use."""
         cfg = self._config
         issued = int(now)
@@ -93,8 +90,8 @@ class OAuth2TokenSource:
         if cfg.key_id is not None:
             headers["kid"] = cfg.key_id
         try:
-            return jwt.encode(claims, key, algorithm="RS256", headers=headers)
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            return sign_rs256(claims, key, headers)
+        except (ValueError, TypeError) as exc:
             raise TokenError(f"cannot sign a client assertion with {cfg.private_key_file}") from exc
 
     def _form(self) -> dict[str, str]:
