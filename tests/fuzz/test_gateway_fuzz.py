@@ -488,6 +488,9 @@ async def test_fuzzed_on_every_edge_the_gateway_stays_up_and_every_good_reading_
             assert process.proc is not None
             pid = process.proc.pid
             await process.wait_for(lambda s: "uplink connected" in s, stream="stderr", timeout=30)
+            # What a sensor writes before the gateway has opened its port is not the gateway's to have
+            # (the drivers start once the uplink's first connect attempt is over).
+            await process.wait_for(lambda s: "serial[good]: opened" in s, stream="stderr", timeout=30)
             async with background(count(), "good-sensor"):
                 await wait_until(lambda: len(witness.values) >= 20, 30, "the first good readings")
                 baseline_rss = peak_rss = rss_kb(pid)
@@ -526,11 +529,18 @@ async def test_fuzzed_on_every_edge_the_gateway_stays_up_and_every_good_reading_
                 operator.close()
                 # Every good reading sent until now arrives, fuzz or no fuzz.
                 last = sent[-1]
-                await wait_until(
-                    lambda: set(range(1, last + 1)) <= witness.values,
-                    60,
-                    f"good readings 1..{last} at the witness",
-                )
+                try:
+                    await wait_until(
+                        lambda: set(range(1, last + 1)) <= witness.values,
+                        60,
+                        f"good readings 1..{last} at the witness",
+                    )
+                except AssertionError as exc:
+                    missing = sorted(set(range(1, last + 1)) - witness.values)
+                    raise AssertionError(
+                        f"{exc}: {len(missing)} missing ({missing[:10]}...{missing[-3:]}); the witness "
+                        f"{'is' if witness.connected.is_set() else 'is not'} subscribed"
+                    ) from None
             assert process.proc.returncode is None, "\n".join(process.stderr[-30:])
             final_rss = rss_kb(pid)
             peak_rss = max(peak_rss, final_rss)
