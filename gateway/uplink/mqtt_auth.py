@@ -211,8 +211,38 @@ class AuthClient(paho.Client):
         return MQTTErrorCode.MQTT_ERR_AUTH
 
 
+class _SocketRegistrationLoop:
+    """The event loop as aiomqtt sees it, with registrations of paho's socket that come too late dropped.
+
+    aiomqtt registers paho's socket with ``call_soon_threadsafe(loop.add_writer, sock.fileno(), ...)``
+    (``add_reader`` likewise): when the connection drops in between - a peer that accepts and resets at
+    once, as a relay in front of a stopped broker does - the descriptor is closed by the time the call
+    runs, and asyncio would log an ``OSError`` traceback for a socket nothing needs any more. Everything
+    else goes to the loop itself.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._fg_loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fg_loop, name)
+
+    def add_writer(self, fd: int, callback: Any, *args: Any) -> None:
+        try:
+            self._fg_loop.add_writer(fd, callback, *args)
+        except (OSError, ValueError) as exc:  # closed (EBADF) or already -1
+            log.debug("paho's socket %d was closed before its write registration: %s", fd, exc)
+
+    def add_reader(self, fd: int, callback: Any, *args: Any) -> None:
+        try:
+            self._fg_loop.add_reader(fd, callback, *args)
+        except (OSError, ValueError) as exc:
+            log.debug("paho's socket %d was closed before its read registration: %s", fd, exc)
+
+
 def install(client: aiomqtt.Client) -> AuthClient:
     """Give ``client``'s paho client AUTH support and return it. Call right after creating ``client``."""
+    client._loop = cast(asyncio.AbstractEventLoop, _SocketRegistrationLoop(client._loop))
     inner = client._client
     if not isinstance(inner, paho.Client):
         raise TypeError(f"aiomqtt.Client._client is a {type(inner).__name__}, not a paho client")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import socket
+from typing import Any
 
+import aiomqtt
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.auth.token import Token
 from gateway.config.uplink import RefreshConfig
-from gateway.uplink.mqtt_auth import TokenRedactingFilter, encode_auth, paho_logger, redact
+from gateway.uplink.mqtt_auth import TokenRedactingFilter, encode_auth, install, paho_logger, redact
 from gateway.uplink.session import Backoff, publish_packet_size, refresh_delay
 from tests.support.mqtt5_raw import PROP_AUTH_DATA, PROP_AUTH_METHOD, _Reader
 
@@ -92,3 +96,31 @@ def test_publish_packet_size_counts_header_topic_packet_id_and_properties() -> N
     assert publish_packet_size("a/b", 10, 1) == 1 + 1 + 2 + 3 + 2 + 1 + 10
     assert publish_packet_size("a/b", 10, 0) == 1 + 1 + 2 + 3 + 1 + 10
     assert publish_packet_size("t", 524288, 1) == 1 + 3 + 2 + 1 + 2 + 1 + 524288
+
+
+async def test_a_socket_closed_before_aiomqtt_registers_it_leaves_no_traceback() -> None:
+    # aiomqtt registers paho's socket through call_soon_threadsafe(loop.add_writer, fd, ...); a peer that
+    # accepts and resets at once (a relay in front of a stopped broker) closes the fd before that runs.
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    def register_closed_socket(on: Any) -> None:
+        sock = socket.socket()
+        fd = sock.fileno()
+        sock.close()
+        on.call_soon_threadsafe(on.add_writer, fd, lambda: None)
+        on.call_soon_threadsafe(on.add_reader, fd, lambda: None)
+
+    try:
+        register_closed_socket(loop)  # the plain loop: what asyncio does without the guard
+        await asyncio.sleep(0.01)
+        assert len(reported) == 2
+
+        client = aiomqtt.Client("127.0.0.1", 1)
+        install(client)
+        register_closed_socket(client._loop)
+        await asyncio.sleep(0.01)
+        assert len(reported) == 2
+    finally:
+        loop.set_exception_handler(None)
