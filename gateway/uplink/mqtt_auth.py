@@ -66,6 +66,7 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("paho.mqtt.client.Client", "_in_packet", "instance attribute"),
     ("aiomqtt.Client", "_client", "instance attribute"),
     ("aiomqtt.Client", "_disconnected", "instance attribute"),
+    ("aiomqtt.Client", "_loop", "instance attribute"),
 )
 
 
