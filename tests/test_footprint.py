@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,22 +49,27 @@ type = "int16"
 """
 
 
+def in_a_fresh_interpreter(code: str) -> tuple[Any, list[str], str]:
+    """Run ``code`` (Python, ending with ``result`` set) in a fresh interpreter from the repo: ``result``,
+    the names of every module it imported, and its stderr."""
+    probe = f"import json, sys\n{code}\nprint(json.dumps([result, sorted(sys.modules)]))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    result, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    return result, modules, done.stderr
+
+
 def libraries_after_a_dry_run(tmp_path: Path, devices: str) -> set[str]:
     """Run `fieldgate run --dry-run` in a fresh interpreter; the watched libraries it imported."""
     config = tmp_path / "gateway.toml"
     config.write_text(GATEWAY.format(state=tmp_path) + devices)
-    probe = (
-        "import json, sys\n"
+    code, modules, stderr = in_a_fresh_interpreter(
         "from gateway.cli.main import main\n"
-        f"code = main(['run', '-c', {str(config)!r}, '--dry-run', '--duration', '0.3'])\n"
-        "print(json.dumps([code, sorted({m.split('.')[0] for m in sys.modules})]))\n"
+        f"result = main(['run', '-c', {str(config)!r}, '--dry-run', '--duration', '0.3'])"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    )
-    code, modules = json.loads(done.stdout.strip().splitlines()[-1])
-    assert code == 0, done.stderr
-    return set(modules) & set(WATCHED)
+    assert code == 0, stderr
+    return {m.split(".")[0] for m in modules} & set(WATCHED)
 
 
 def test_a_config_without_modbus_or_serial_devices_imports_neither_library(tmp_path: Path) -> None:
@@ -118,19 +124,12 @@ def test_a_run_with_modbus_devices_and_a_signed_token_imports_only_what_the_conf
         port = sock.getsockname()[1]
     config = tmp_path / "gateway.toml"
     config.write_text(GATEWAY.format(state=tmp_path) + MODBUS_TCP + UPLINK_SIGNER.format(port=port, key=key))
-    probe = (
-        "import json, sys\n"
-        "from gateway.cli.main import main\n"
-        f"code = main(['run', '-c', {str(config)!r}, '--duration', '1'])\n"
-        "print(json.dumps([code, sorted(sys.modules)]))\n"
+    code, modules, stderr = in_a_fresh_interpreter(
+        f"from gateway.cli.main import main\nresult = main(['run', '-c', {str(config)!r}, '--duration', '1'])"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    )
-    code, modules = json.loads(done.stdout.strip().splitlines()[-1])
-    assert code == 0, done.stderr
+    assert code == 0, stderr
     # The uplink got as far as its connect: the key was read and the token signed.
-    assert "connection refused" in done.stderr.lower(), done.stderr
+    assert "connection refused" in stderr.lower(), stderr
     assert "gateway.auth.signer" in modules and "pymodbus" in modules
     loaded = {m for m in modules for name in NOT_FOR_A_PLAIN_RUN if m == name or m.startswith(name + ".")}
     assert loaded == set()
@@ -144,18 +143,12 @@ def test_a_gateway_with_its_own_oauth2_client_key_signs_its_assertion_without_cr
     import jwt
 
     key, public = generate_rsa_key_pair(tmp_path, "gateway")
-    probe = (
-        "import json, sys\n"
+    token, modules, _ = in_a_fresh_interpreter(
         "from pathlib import Path\n"
         "import gateway.auth.oauth2\n"
         "from gateway.auth.signer import load_signing_key, sign_rs256\n"
-        f"token = sign_rs256({{'sub': 'gw-1'}}, load_signing_key(Path({str(key)!r})), {{'typ': 'JWT'}})\n"
-        "print(json.dumps([token, sorted(sys.modules)]))\n"
+        f"result = sign_rs256({{'sub': 'gw-1'}}, load_signing_key(Path({str(key)!r})), {{'typ': 'JWT'}})"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    )
-    token, modules = json.loads(done.stdout.strip().splitlines()[-1])
 
     assert jwt.decode(token, Path(public).read_text(), algorithms=["RS256"]) == {"sub": "gw-1"}
     assert {m.split(".")[0] for m in modules} & {"cryptography", "jwt"} == set()
