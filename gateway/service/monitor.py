@@ -79,14 +79,13 @@ class ServiceMonitor:
         self._rate = 0.0
         self._rate_mark = (time.monotonic(), 0)
         self._file_failed = False
-        #: The latest snapshot (the metrics endpoint serves it).
-        self.latest: Snapshot | None = None
+        #: The status file write in its worker thread, if one is under way.
+        self._writing: asyncio.Future[None] | None = None
 
     def snapshot(self) -> Snapshot:
         snap = take_snapshot(
             self._gateway, state=self._state, readings_per_second=self._rate, stuck=self._stuck
         )
-        self.latest = snap
         if self._on_snapshot is not None:
             self._on_snapshot(snap)
         return snap
@@ -159,6 +158,11 @@ class ServiceMonitor:
         """After the gateway stopped: the status file says so."""
         self._state = "stopped"
         self._stuck = ()
+        # The monitor may have been cancelled in the middle of a write whose thread still runs: let it
+        # land first, or it could replace "stopped" with the state before.
+        if self._writing is not None:
+            with contextlib.suppress(Exception):
+                await self._writing
         await self._write(self.snapshot())
 
     async def _write(self, snap: Snapshot) -> None:
@@ -167,7 +171,9 @@ class ServiceMonitor:
             return
         try:
             # Directory creation, write and rename are blocking file I/O: off the event loop.
-            await asyncio.to_thread(_write_file, path, snap)
+            self._writing = asyncio.ensure_future(asyncio.to_thread(_write_file, path, snap))
+            # Shielded: a cancelled monitor leaves the write for finish() to wait on, not behind it.
+            await asyncio.shield(self._writing)
         except OSError as exc:
             self._file_failed = True
             log.warning(
