@@ -103,8 +103,10 @@ audience = "https://fieldgate-local.ts.eventgrid.azure.net/"
 
 #: What a run with Modbus devices, a signed token and neither [uplink.permissions], [commands] nor [metrics]
 #: must not import: cryptography (~11 MiB; the signer goes through the ssl module's libcrypto), PyJWT, the
-#: permission gate, the command service, the Prometheus client, azure-identity.
+#: permission gate, the command service, the Prometheus client, azure-identity; nor importlib.metadata
+#: (reading every installed package's metadata: tens of milliseconds of start for built-in drivers).
 NOT_FOR_A_PLAIN_RUN = (
+    "importlib.metadata",
     "cryptography",
     "jwt",
     "prometheus_client",

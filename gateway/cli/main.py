@@ -10,7 +10,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 
 from gateway import __version__
 from gateway.cli.check_config import cmd_check_config
@@ -83,12 +82,19 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     register_identity(sub)
     register_probe(sub)
 
-    for ep in sorted(entry_points(group=CLI_ENTRY_POINT_GROUP), key=lambda e: e.name) if plugins else ():
+    if plugins:
+        _register_plugin_commands(sub)
+    return parser
+
+
+def _register_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=CLI_ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             ep.load()(sub)
         except Exception as exc:  # a broken plugin must not take the whole CLI down
             print(f"fieldgate: cannot load commands of {ep.name!r}: {exc}", file=sys.stderr)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

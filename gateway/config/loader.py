@@ -26,7 +26,7 @@ from gateway.config.service import parse_metrics
 from gateway.config.uplink import UplinkConfig, parse_uplink
 from gateway.errors import ConfigError
 from gateway.mqtt_topics import TemplateError, TopicTemplate, compile_template
-from gateway.registry import available_drivers, load_driver
+from gateway.registry import available_drivers, is_installed, load_driver
 from gateway.schema import NAME_PATTERN, NAME_WHY, Problems, Table, default_of
 
 DEFAULT_TOPIC = "sites/{site}/{gateway}/{device}/telemetry"
@@ -207,15 +207,24 @@ def _uplink(table: Table | None, gateway: GatewaySettings) -> UplinkConfig | Non
 def _devices(
     root: Table, telemetry: TelemetrySettings
 ) -> tuple[tuple[DriverSetup, ...], tuple[DeviceRoute, ...]]:
-    installed = available_drivers()
+    checked: dict[str, bool] = {}
+
+    def installed(driver: str) -> bool:
+        if driver not in checked:
+            checked[driver] = is_installed(driver)
+        return checked[driver]
+
+    def not_installed() -> str:
+        return "no such driver installed; installed: " + ", ".join(available_drivers())
+
     by_driver: dict[str, list[tuple[str, Table]]] = {}
     overrides: dict[str, tuple[TopicTemplate, bool]] = {}
     for name, table in root.named_tables("devices"):
         if not _valid_name(name):
             root.problems.add(table.where, NAME_WHY, name)
         driver = table.string("driver")
-        if driver and driver not in installed:
-            table.problem("driver", "no such driver installed; installed: " + ", ".join(installed), driver)
+        if driver and not installed(driver):
+            table.problem("driver", not_installed(), driver)
         batch = table.boolean("batch", telemetry.batch)
         topic = (
             _template(table, "topic", telemetry.topic.text, allow_point=not batch)
@@ -226,7 +235,7 @@ def _devices(
             table.problem("topic", "{point} needs batch = false", topic.text)
         overrides[name] = (topic, batch)
         table.consume(*CORE_DEVICE_KEYS)
-        if driver in installed:
+        if driver and installed(driver):
             by_driver.setdefault(driver, []).append((name, table))
 
     sections: Mapping[str, object] = {}
@@ -235,12 +244,12 @@ def _devices(
         sections = drivers_table.data
         for driver in sections:
             drivers_table.consume(driver)
-            if driver not in installed:
-                drivers_table.problem(driver, "no such driver installed; installed: " + ", ".join(installed))
+            if not installed(driver):
+                drivers_table.problem(driver, not_installed())
 
     setups: list[DriverSetup] = []
     routes: list[DeviceRoute] = []
-    for driver in sorted(set(by_driver) | {d for d in sections if d in installed}):
+    for driver in sorted(set(by_driver) | {d for d in sections if installed(d)}):
         plugin = load_driver(driver)
         if plugin is None:  # uninstalled between listing and loading
             continue

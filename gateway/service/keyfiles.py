@@ -13,11 +13,12 @@ read permission for a group the service does not run in (the installer makes key
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
 
 from gateway.config import Config
@@ -33,40 +34,52 @@ def secret_files(config: Config) -> list[Path]:
     found: dict[Path, None] = {}
     roots: list[object] = [config.uplink, *(setup.config for setup in config.drivers)]
     for root in roots:
-        for path in _walk(root, secret_owner=False, depth=0):
-            found.setdefault(path, None)
+        _walk(root, found, secret_owner=False, depth=0)
     return list(found)
 
 
-def _walk(value: object, *, secret_owner: bool, depth: int) -> Iterator[Path]:
-    if depth > 8 or value is None:
+def _walk(value: object, found: dict[Path, None], *, secret_owner: bool, depth: int) -> None:
+    if depth > 8 or value is None or isinstance(value, str | int | float | bytes | Enum):
         return
     if isinstance(value, Secret):
         kind, _, where = value.reference.partition(":")
         if kind == "file" and where:
-            yield Path(where)
+            found.setdefault(Path(where), None)
         return
     if isinstance(value, Path):
         if secret_owner:
-            yield value
+            found.setdefault(value, None)
         return
     listed = getattr(value, "secret_files", None)
     if callable(listed):
         for item in listed():
             if isinstance(item, str | Path):
-                yield Path(item)
+                found.setdefault(Path(item), None)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        # A token source's config (e.g. ``FileTokenConfig.path``) holds nothing but secrets and their knobs.
-        token_source = "token" in type(value).__name__.lower()
-        for f in dataclasses.fields(value):
-            yield from _walk(
-                getattr(value, f.name),
-                secret_owner=token_source or bool(_SECRET_FIELD.search(f.name)),
-                depth=depth + 1,
-            )
+        for name, owner in _fields_to_walk(type(value)):
+            _walk(getattr(value, name), found, secret_owner=owner, depth=depth + 1)
     elif isinstance(value, tuple | list):
         for item in value:
-            yield from _walk(item, secret_owner=secret_owner, depth=depth + 1)
+            _walk(item, found, secret_owner=secret_owner, depth=depth + 1)
+
+
+#: Field annotations that cannot hold a path or a secret: a config's points (thousands of objects) are
+#: mostly such fields, and the walk runs on the way to the first CONNACK.
+_SCALARS = frozenset(
+    {"int", "float", "bool", "str", "bytes", "int | None", "float | None", "bool | None", "str | None"}
+)
+
+
+@functools.cache
+def _fields_to_walk(cls: type) -> tuple[tuple[str, bool], ...]:
+    """The fields of dataclass ``cls`` worth walking, each with whether it holds nothing but secrets."""
+    # A token source's config (e.g. ``FileTokenConfig.path``) holds nothing but secrets and their knobs.
+    token_source = "token" in cls.__name__.lower()
+    return tuple(
+        (f.name, token_source or bool(_SECRET_FIELD.search(f.name)))
+        for f in dataclasses.fields(cls)
+        if (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")) not in _SCALARS
+    )
 
 
 def exposure(path: Path, *, groups: set[int] | None = None) -> str | None:
