@@ -11,7 +11,6 @@ from pathlib import Path
 
 from gateway.config.model import DEFAULT_STATE_DIR
 from gateway.errors import ExitCode
-from gateway.service.snapshot import STATUS_FILE, format_status, read_status_file
 
 
 def _state_dir(args: argparse.Namespace) -> Path | None:
@@ -36,6 +35,9 @@ def _state_dir(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    # Imported here: `fieldgate run` builds this command's parser too and need not load the reader.
+    from gateway.service.snapshot import STATUS_FILE, format_status, read_status_file
+
     state_dir = _state_dir(args)
     if state_dir is None:
         return ExitCode.FAILURE

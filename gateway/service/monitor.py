@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 from gateway.service.logs import flush_suppressed
 from gateway.service.notify import Notifier
-from gateway.service.snapshot import STATUS_FILE, STATUS_INTERVAL, Snapshot, take_snapshot, write_status_file
 from gateway.service.watchdog import Liveness, describe
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.service.snapshot import Snapshot
 
 log = logging.getLogger("fieldgate.service")
 
@@ -64,13 +64,13 @@ class ServiceMonitor:
         notifier: Notifier,
         *,
         state_dir: Path | None,
-        status_interval: float = STATUS_INTERVAL,
+        status_interval: float | None = None,
         liveness: Liveness | None = None,
         on_snapshot: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self._gateway = gateway
         self._notifier = notifier
-        self._status_path = state_dir / STATUS_FILE if state_dir is not None else None
+        self._state_dir = state_dir
         self._status_interval = status_interval
         self._liveness = liveness if liveness is not None else Liveness(gateway)
         self._on_snapshot = on_snapshot
@@ -83,6 +83,10 @@ class ServiceMonitor:
         self._writing: asyncio.Future[None] | None = None
 
     def snapshot(self) -> Snapshot:
+        # The snapshot module (the status file's types and writer) is loaded by the first snapshot, once
+        # the gateway is up: it is not on the way to the first CONNACK.
+        from gateway.service.snapshot import take_snapshot
+
         snap = take_snapshot(
             self._gateway, state=self._state, readings_per_second=self._rate, stuck=self._stuck
         )
@@ -98,6 +102,10 @@ class ServiceMonitor:
         if self._notifier.ready(status_line(snap)):
             log.info("told systemd: ready")
         await self._write(snap)
+        await self._warn_exposed_secret_files()
+        from gateway.service.snapshot import STATUS_INTERVAL
+
+        status_interval = self._status_interval if self._status_interval is not None else STATUS_INTERVAL
         interval = self._notifier.watchdog_interval
         tick = min(TICK, interval) if interval else TICK
         stopping = asyncio.create_task(self._gateway.wait_stopping(), name="service.stopping")
@@ -124,7 +132,7 @@ class ServiceMonitor:
                 if interval and not self._stuck and now - last_ping >= interval:
                     self._notifier.watchdog()
                     last_ping = now
-                if now - last_status >= self._status_interval or just_stopping:
+                if now - last_status >= status_interval or just_stopping:
                     self._update_rate(now)
                     snap = self.snapshot()
                     self._notifier.status(status_line(snap))
@@ -165,10 +173,20 @@ class ServiceMonitor:
                 await self._writing
         await self._write(self.snapshot())
 
+    async def _warn_exposed_secret_files(self) -> None:
+        # Once the gateway is up (a warning, not a reason to wait): walking a config of thousands of
+        # points and stat() of the key files is not on the way to the first CONNACK.
+        from gateway.service.keyfiles import warn_exposed_secret_files
+
+        # stat() is blocking file I/O: off the event loop.
+        await asyncio.to_thread(warn_exposed_secret_files, self._gateway.config)
+
     async def _write(self, snap: Snapshot) -> None:
-        path = self._status_path
-        if path is None or self._file_failed:
+        if self._state_dir is None or self._file_failed:
             return
+        from gateway.service.snapshot import STATUS_FILE
+
+        path = self._state_dir / STATUS_FILE
         try:
             # Directory creation, write and rename are blocking file I/O: off the event loop.
             self._writing = asyncio.ensure_future(asyncio.to_thread(_write_file, path, snap))
@@ -184,6 +202,8 @@ class ServiceMonitor:
 
 
 def _write_file(path: Path, snap: Snapshot) -> None:
+    from gateway.service.snapshot import write_status_file
+
     if not path.parent.is_dir():
         os.makedirs(path.parent, mode=0o750, exist_ok=True)
     write_status_file(path, snap)

@@ -10,7 +10,6 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from gateway.service.keyfiles import warn_exposed_secret_files
 from gateway.service.logs import flush_suppressed
 from gateway.service.monitor import ServiceMonitor
 from gateway.service.notify import Notifier
@@ -25,8 +24,6 @@ async def run_service(gateway: Gateway, notifier: Notifier | None = None) -> Non
     """Run the gateway until it stops, with sd_notify, watchdog, status file and (if enabled) metrics."""
     config = gateway.config
     notifier = notifier if notifier is not None else Notifier.from_environment()
-    # stat() of key files is blocking file I/O: off the event loop.
-    await asyncio.to_thread(warn_exposed_secret_files, config)
     metrics = None
     if config.metrics.enabled:
         from gateway.service.metrics import MetricsError, MetricsServer
