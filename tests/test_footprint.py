@@ -154,3 +154,29 @@ def test_a_gateway_with_its_own_oauth2_client_key_signs_its_assertion_without_cr
 
     assert jwt.decode(token, Path(public).read_text(), algorithms=["RS256"]) == {"sub": "gw-1"}
     assert {m.split(".")[0] for m in modules} & {"cryptography", "jwt"} == set()
+
+
+def test_the_garbage_collector_is_off_while_the_gateway_starts_and_on_once_it_runs(tmp_path: Path) -> None:
+    # Start-up objects live as long as the process: collecting among them is start time spent for nothing.
+    config = tmp_path / "gateway.toml"
+    config.write_text(GATEWAY.format(state=tmp_path) + SIMULATED)
+    events, _, stderr = in_a_fresh_interpreter(
+        "import gc, logging\n"
+        "events = []\n"
+        "class Started(logging.Handler):\n"
+        "    def emit(self, record):\n"
+        "        if 'started:' in record.getMessage():\n"
+        "            events.append('started')\n"
+        "logging.getLogger('fieldgate').addHandler(Started())\n"
+        "from gateway.cli.main import main\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and events.append('collected'))\n"
+        f"code = main(['run', '-c', {str(config)!r}, '--dry-run', '--duration', '1'])\n"
+        "result = [code, gc.isenabled(), events]"
+    )
+    code, enabled, log = events
+    assert code == 0, stderr
+    assert "started" in log, stderr
+    before, after = log[: log.index("started")], log[log.index("started") + 1 :]
+    assert before == []  # not one collection while starting
+    assert "collected" in after  # the running gateway's garbage is collected
+    assert enabled

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
+from typing import TYPE_CHECKING
 
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, ExitCode, FieldgateError
 from gateway.model import MessageSink
 from gateway.pipeline.pump import DryRunSink
 from gateway.service.logs import setup_logging
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
 log = logging.getLogger("fieldgate.cli")
 
@@ -43,6 +48,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return ExitCode.FAILURE
 
 
+async def _collect_garbage_once_running(gateway: Gateway) -> None:
+    await gateway.wait_ready()
+    gc.enable()
+
+
 async def _run(config: Config, *, dry_run: bool, duration: float | None) -> int:
     from gateway.app import Gateway
     from gateway.service.runner import run_service
@@ -57,9 +67,12 @@ async def _run(config: Config, *, dry_run: bool, duration: float | None) -> int:
     timer = None
     if duration is not None:
         timer = asyncio.get_running_loop().call_later(duration, gateway.stop)
+    # main() keeps the garbage collector off while the gateway starts: on again once it runs.
+    collector = asyncio.create_task(_collect_garbage_once_running(gateway), name="cli.gc")
     try:
         await run_service(gateway)
     finally:
+        collector.cancel()
         if timer is not None:
             timer.cancel()
     log.info("%s", gateway.stats_line())
