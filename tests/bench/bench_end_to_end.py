@@ -14,10 +14,12 @@ What runs, all on this machine:
 
 Printed, for each scenario (10 devices x 100 points at 2 Hz = 2,000 readings/s; 20 devices at 10 Hz =
 20,000 readings/s; ``--payload`` picks the gateway's payload mode): CPU microseconds per reading of both
-and their ratio, RSS of both, start -> CONNACK of the gateway; then readings/s at saturation (polls back to
-back); then, computed from the router's real messages, bytes per reading and the readings/s one Event Grid
-throughput unit (1,000 messages/s and 1 MB/s, whichever binds) carries for three traffic shapes in each
-payload mode. CPU comes from /proc (10 ms ticks): windows of 10 s or more keep that error small.
+and their ratio, RSS of both; then readings/s at saturation (polls back to back); then start -> CONNACK:
+fieldgate with the 10-meter config (points written out per device, and once in a profile) against the least
+a Python MQTT v5 client does to connect with a JWT (import aiomqtt, connect), started in turn, medians of
+``--starts``; then, computed from the router's real messages, bytes per reading and the readings/s one
+Event Grid throughput unit (1,000 messages/s and 1 MB/s, whichever binds) carries for three traffic shapes
+in each payload mode. CPU comes from /proc (10 ms ticks): windows of 10 s or more keep that error small.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import multiprocessing
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -171,8 +174,17 @@ def _rss(pid: int) -> float:
 
 # -- fieldgate -------------------------------------------------------------------------------------
 def gateway_config(
-    ports: Sequence[int], interval: float, state_dir: Path, broker: Any, *, store: str, telemetry: str
+    ports: Sequence[int],
+    interval: float,
+    state_dir: Path,
+    broker: Any,
+    *,
+    store: str,
+    telemetry: str,
+    profile: bool = False,
 ) -> str:
+    """The scenario's config: every device's 100 points written out under the device, or (``profile``)
+    once under ``[drivers.modbus.profiles.meter]`` for all of them, as an operator writes identical meters."""
     lines = [
         f'[gateway]\nid = "gw-bench"\nsite = "bench"\nstats_interval = 1\nstate_dir = "{state_dir}"',
         f'[store]\nkind = "{store}"',
@@ -188,16 +200,25 @@ def gateway_config(
         '[uplink.token.claims]\npublish_topics = ["sites/bench/#"]',
         "[drivers.modbus]\nmax_connections_per_host = 1",
     ]
+
+    def points(owner: str) -> None:
+        for i in range(POINTS):
+            lines.append(
+                f'[{owner}.points.p{i:03}]\naddress = {i}\ntype = "int16"\nscale = {SCALE}\n'
+                f'unit = "{UNITS[i % len(UNITS)]}"'
+            )
+
+    if profile:
+        points("drivers.modbus.profiles.meter")
     for d, port in enumerate(ports):
         lines.append(
             f'[devices.m{d:02}]\ndriver = "modbus"\nhost = "127.0.0.1"\nport = {port}\nunit_id = 1\n'
             f"interval = {interval}\ntimeout = 2"
         )
-        for i in range(POINTS):
-            lines.append(
-                f'[devices.m{d:02}.points.p{i:03}]\naddress = {i}\ntype = "int16"\nscale = {SCALE}\n'
-                f'unit = "{UNITS[i % len(UNITS)]}"'
-            )
+        if profile:
+            lines.append('profile = "meter"')
+        else:
+            points(f"devices.m{d:02}")
     return "\n".join(lines) + "\n"
 
 
@@ -209,9 +230,6 @@ class GatewayRun:
     cpu_us: float
     readings_s: float
     rss: float
-    connack: float
-    #: CPU seconds the process had used at CONNACK: start cost without the wait for a busy machine's cores.
-    connack_cpu: float
     delivered_ratio: float
 
 
@@ -230,7 +248,6 @@ def run_gateway(
         config.write_text(
             gateway_config(ports, interval, Path(tmp), broker, store=store, telemetry=telemetry)
         )
-        t0 = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
             cwd=tree,
@@ -241,15 +258,13 @@ def run_gateway(
         )
         assert proc.stderr is not None
         try:
-            connack = None
-            connack_cpu = 0.0
+            connected = False
             samples: list[tuple[float, int, int, float]] = []
             warm_until = None
             for line in proc.stderr:
                 now = time.perf_counter()
-                if connack is None and "uplink connected to" in line:
-                    connack = now - t0
-                    connack_cpu = _cpu(proc.pid)
+                if not connected and "uplink connected to" in line:
+                    connected = True
                     warm_until = now + 3.0
                 match = _STATS.search(line)
                 if match and warm_until is not None and now >= warm_until:
@@ -258,7 +273,7 @@ def run_gateway(
                         break
                 if proc.poll() is not None:
                     break
-            if connack is None or len(samples) < 2:
+            if not connected or len(samples) < 2:
                 raise RuntimeError(f"fieldgate did not run (exit {proc.poll()})")
             rss = _rss(proc.pid)
         finally:
@@ -274,10 +289,91 @@ def run_gateway(
         cpu_us=1e6 * (cb - ca) / readings,
         readings_s=readings / (tb - ta),
         rss=rss,
-        connack=connack,
-        connack_cpu=connack_cpu,
         delivered_ratio=(db - da) / max(1, readings / POINTS),
     )
+
+
+# -- start -> CONNACK --------------------------------------------------------------------------------
+#: The least any Python MQTT v5 client on asyncio does to reach CONNACK with a JWT: import aiomqtt, connect
+#: with the token (minted beforehand) as Authentication Data. No config, no store, no signing.
+BARE_CONNECT = """
+import asyncio, sys
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+async def main(port, token):
+    props = Properties(PacketTypes.CONNECT)
+    props.AuthenticationMethod = "CUSTOM-JWT"
+    props.AuthenticationData = token.encode()
+    async with aiomqtt.Client("127.0.0.1", port, identifier="bare", username="bare", properties=props,
+                              protocol=aiomqtt.ProtocolVersion.V5):
+        print("connected", file=sys.stderr, flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+"""
+
+
+def time_to_connack(command: Sequence[str], marker: str, tree: Path = ROOT) -> tuple[float, float]:
+    """Start ``command``; wall seconds until it logs ``marker`` (its CONNACK) and its CPU seconds then."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        command, cwd=tree, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if marker in line:
+                return time.perf_counter() - t0, _cpu(proc.pid)
+        raise RuntimeError(f"{command[:3]} exited ({proc.wait()}) before CONNACK")
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def start_table(ports: Sequence[int], broker: Any, starts: int, baseline_tree: Path | None) -> None:
+    """Start -> CONNACK of fieldgate (the 10-meter config, written out and with a profile) against the
+    bare client, interleaved so that each sees the machine alike; medians of ``starts`` starts."""
+    from tests.support.tokens import mint_token
+
+    token = mint_token(
+        broker.private_key_path, sub="bare", iss=broker.issuer, aud=broker.audience, lifetime=3600
+    )
+    runs: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="fieldgate-bench-") as tmp:
+        commands: dict[str, tuple[list[str], str, Path]] = {}
+        for label, profile in (("fieldgate, 1,000 points written out", False), ("fieldgate, profile", True)):
+            config = Path(tmp) / f"gateway-{profile}.toml"
+            state = Path(tmp) / f"state-{profile}"
+            config.write_text(
+                gateway_config(ports, 0.5, state, broker, store="sqlite", telemetry="", profile=profile)
+            )
+            command = [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)]
+            commands[label] = (command, "uplink connected to", ROOT)
+            if baseline_tree is not None and not profile:
+                commands["  baseline tree, written out"] = (command, "uplink connected to", baseline_tree)
+        commands["bare aiomqtt client"] = (
+            [sys.executable, "-c", BARE_CONNECT, str(broker.port), token],
+            "connected",
+            ROOT,
+        )
+        for _ in range(starts):
+            for label, (command, marker, tree) in commands.items():
+                runs.setdefault(label, []).append(time_to_connack(command, marker, tree))
+    bare = statistics.median(w for w, _ in runs["bare aiomqtt client"])
+    print(f"\nstart -> CONNACK, {starts} starts each, interleaved (wall median, min-max; CPU at CONNACK)")
+    for label, samples in runs.items():
+        walls = [w for w, _ in samples]
+        wall = statistics.median(walls)
+        print(
+            f"  {label:40}{wall:>7.3f} s  ({min(walls):.3f}-{max(walls):.3f})"
+            f"  CPU {statistics.median(c for _, c in samples):.2f} s  {wall / bare:>5.2f}x the bare client"
+        )
 
 
 # -- Event Grid throughput units ---------------------------------------------------------------------
@@ -396,6 +492,8 @@ def main() -> None:
         "in the same run, for before/after figures",
     )
     parser.add_argument("--only-throughput", action="store_true", help="only the Event Grid table")
+    parser.add_argument("--starts", type=int, default=7, help="starts of each kind for start -> CONNACK")
+    parser.add_argument("--only-start", action="store_true", help="only start -> CONNACK")
     parser.add_argument("--bare", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
@@ -427,11 +525,11 @@ def main() -> None:
                 f"vs a bare loop (pymodbus poll + scale + the same JSON), {args.seconds:g} s windows"
             )
             print(f"{'scenario':34}{'fg us/rd':>9}{'bare us/rd':>11}{'ratio':>7}{'fg rd/s':>9}"
-                  f"{'fg RSS':>8}{'bare RSS':>9}{'CONNACK':>9}{'(CPU)':>7}")  # fmt: skip
+                  f"{'fg RSS':>8}{'bare RSS':>9}")  # fmt: skip
             scenarios = [("10 dev x 100 pts @ 2 Hz", 10, 0.5), ("20 dev x 100 pts @ 10 Hz", 20, 0.1)]
-            if args.only_saturation:
+            if args.only_saturation or args.only_start:
                 scenarios = []
-            if not args.skip_saturation:
+            if not args.skip_saturation and not args.only_start:
                 scenarios.append(("20 dev, saturation", 20, 0.0001))
             for label, devices, interval in scenarios:
                 ports = all_ports[:devices]
@@ -440,8 +538,7 @@ def main() -> None:
                 bare_us = 1e6 * bare["cpu"] / bare["readings"]
                 print(
                     f"{label:34}{fg.cpu_us:>9.2f}{bare_us:>11.2f}{fg.cpu_us / bare_us:>6.2f}x"
-                    f"{fg.readings_s:>9.0f}{fg.rss:>7.1f}M{bare['rss']:>8.1f}M{fg.connack:>8.2f}s"
-                    f"{fg.connack_cpu:>6.2f}s"
+                    f"{fg.readings_s:>9.0f}{fg.rss:>7.1f}M{bare['rss']:>8.1f}M"
                 )
                 if args.baseline_tree is not None:
                     base = run_gateway(
@@ -450,13 +547,14 @@ def main() -> None:
                     )  # fmt: skip
                     print(
                         f"{'  baseline tree':34}{base.cpu_us:>9.2f}{'':>11}{base.cpu_us / bare_us:>6.2f}x"
-                        f"{base.readings_s:>9.0f}{base.rss:>7.1f}M{'':>9}{base.connack:>8.2f}s"
-                        f"{base.connack_cpu:>6.2f}s"
+                        f"{base.readings_s:>9.0f}{base.rss:>7.1f}M"
                     )
                 if interval < 0.001:
                     print(f"{'  saturation readings/s':34}fieldgate {fg.readings_s:,.0f}, bare "
                           f"{bare['readings'] / bare['wall']:,.0f} "
                           f"({fg.readings_s / (bare['readings'] / bare['wall']):.2f}x)")  # fmt: skip
+            if not args.only_saturation:
+                start_table(all_ports[:10], broker, args.starts, args.baseline_tree)
     finally:
         server.terminate()
         server.join(5)
