@@ -53,6 +53,8 @@ UPLINK_HEAD_START = 0.2
 
 @dataclass
 class _Running:
+    """A supervised driver and the task that runs it."""
+
     driver: Driver
     task: asyncio.Task[None]
 

@@ -215,6 +215,8 @@ class PublishOutcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
+    """How the broker answered one publish (its PUBACK reason code, if any)."""
+
     outcome: PublishOutcome
     reason_code: int | None = None
     reason: str = ""
@@ -222,6 +224,8 @@ class PublishResult:
 
 @dataclass(frozen=True, slots=True)
 class UplinkStats:
+    """The uplink's connection state and counters, for the stats line, the status file and metrics."""
+
     connected: bool
     connected_since: float | None
     #: Successful CONNECTs (CONNACK 0x00).

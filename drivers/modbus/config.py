@@ -167,6 +167,8 @@ class TcpEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class Device:
+    """One Modbus device: its unit id, its points and its request limits."""
+
     name: str
     unit_id: int
     points: tuple[Point, ...]
@@ -190,6 +192,8 @@ class LinkSettings:
 
 @dataclass(frozen=True, slots=True)
 class ModbusConfig:
+    """The Modbus driver's parsed config: its devices and the links (buses, TCP servers) they share."""
+
     devices: tuple[DeviceInfo, ...]
     links: tuple[LinkSettings, ...] = field(default_factory=tuple)
 
@@ -251,6 +255,8 @@ def _parse_range(text: str) -> AddressRange | str:
 
 @dataclass(frozen=True, slots=True)
 class _PointDraft:
+    """A parsed point before its device's interval and groups are applied."""
+
     point: Point
     path: str
     interval: float | None

@@ -321,6 +321,8 @@ def _discard_undecodable_frames(client: AsyncModbusSerialClient | AsyncModbusTcp
 
 @dataclass(slots=True)
 class _Job:
+    """One transaction queued for a link's single channel."""
+
     device: str
     unit: int
     op: Op

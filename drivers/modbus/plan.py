@@ -21,6 +21,8 @@ from drivers.modbus.config import Device, Limits, Point, RegisterTable
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
+    """One Modbus read covering a run of points in one table."""
+
     table: RegisterTable
     address: int
     count: int
@@ -40,6 +42,8 @@ class ReadRequest:
 
 @dataclass(frozen=True, slots=True)
 class PollGroup:
+    """The requests a device polls together at one interval."""
+
     interval: float
     requests: tuple[ReadRequest, ...]
 
@@ -50,6 +54,8 @@ class PollGroup:
 
 @dataclass(frozen=True, slots=True)
 class DevicePlan:
+    """A device's poll groups: what it reads, in how many requests, how often."""
+
     device: Device
     groups: tuple[PollGroup, ...]
 

@@ -29,6 +29,8 @@ DEFAULT_RESPONSE_TOPIC = "sites/{site}/{gateway}/{device}/responses/#"
 
 @dataclass(frozen=True, slots=True)
 class CommandsConfig:
+    """The ``[commands]`` section: where cloud-to-device commands arrive and which devices take them."""
+
     topic: str = DEFAULT_COMMAND_TOPIC
     #: Devices that take commands; empty: every device whose driver can.
     devices: tuple[str, ...] = ()

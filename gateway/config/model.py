@@ -23,6 +23,8 @@ SHUTDOWN_GRACE_MAX = 20.0
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
+    """The ``[gateway]`` section: identity, logging, state directory and shutdown."""
+
     id: str
     site: str
     log_level: str = "info"
@@ -36,6 +38,8 @@ class GatewaySettings:
 
 @dataclass(frozen=True, slots=True)
 class TelemetrySettings:
+    """The ``[telemetry]`` section: topic template, batching, QoS and payload format."""
+
     topic: TopicTemplate
     #: One message per device per poll cycle carrying all its points (Event Grid limits publish rates).
     batch: bool = True
@@ -110,6 +114,8 @@ class DriverSetup:
 
 @dataclass(frozen=True)
 class Config:
+    """A whole config file, parsed and checked: what ``fieldgate run`` compiles into its plan."""
+
     source: Path
     gateway: GatewaySettings
     telemetry: TelemetrySettings

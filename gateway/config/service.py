@@ -11,6 +11,8 @@ DEFAULT_METRICS_PORT = 9842
 
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
+    """The ``[metrics]`` section: the Prometheus endpoint."""
+
     #: Off by default; on, it needs the ``metrics`` extra (prometheus-client).
     enabled: bool = False
     #: Loopback by default: the figures name devices and sites; expose them deliberately.

@@ -175,6 +175,8 @@ class StatusMessageConfig:
 
 @dataclass(frozen=True, slots=True)
 class UplinkConfig:
+    """The ``[uplink]`` section: the broker, the token source, TLS, limits and session settings."""
+
     host: str
     token: TokenConfig
     client_id: str

@@ -27,6 +27,8 @@ _MAX_REMEMBERED_TOPICS = 1024
 
 @dataclass
 class PumpCounters:
+    """What the pump did with the messages it took from the store."""
+
     delivered: int = 0
     refused: int = 0
     lost: int = 0

@@ -21,6 +21,8 @@ log = logging.getLogger("fieldgate.pipeline")
 
 @dataclass
 class DeviceCounters:
+    """One device's poll cycles and readings as they entered the reading queue."""
+
     cycles: int = 0
     readings: int = 0
     #: Readings whose quality was not good (the driver could not read the point).

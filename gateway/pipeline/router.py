@@ -156,6 +156,8 @@ class PointList:
 
 @dataclass
 class RouterCounters:
+    """Readings in and messages out of the router, and what it could not route."""
+
     readings: int = 0
     messages: int = 0
     #: Readings for a device the config does not know (e.g. a driver still running during a reload).

@@ -101,6 +101,8 @@ def journal_stream_is(stream: TextIO) -> bool:
 
 @dataclass
 class _Window:
+    """One message's rate-limit window: records passed and suppressed in it."""
+
     start: float
     passed: int = 0
     suppressed: int = 0

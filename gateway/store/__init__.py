@@ -19,6 +19,8 @@ from gateway.model import Message
 
 @dataclass(frozen=True, slots=True)
 class StoreStats:
+    """The store's depth, traffic and drops at one moment."""
+
     depth: int
     in_flight: int
     appended: int

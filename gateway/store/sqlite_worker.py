@@ -101,6 +101,8 @@ def row_size(message: Message) -> int:
 
 @dataclass(slots=True, eq=False)
 class _Entry:
+    """A queued message and where it is (memory, disk or both)."""
+
     id: int
     message: Message
     size: int
@@ -115,6 +117,8 @@ class _Entry:
 # -- the worker thread's side ---------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Job:
+    """One transaction for the worker thread: rows to insert and ids to delete."""
+
     inserts: list[_Entry]
     deletes: list[int]
     #: The gap's id ranges [start, end), oldest first (rows in them are on disk only).
@@ -131,6 +135,8 @@ class _Job:
 
 @dataclass(slots=True)
 class _JobResult:
+    """What the worker thread did with a job: rows read back and what it dropped."""
+
     rows: list[_Entry] = field(default_factory=list)
     dropped: int = 0
     dropped_bytes: int = 0
@@ -173,6 +179,8 @@ class _GapCursor:
 
 @dataclass(slots=True)
 class _Opened:
+    """The queue file's rows, bytes and id range when it was opened."""
+
     rows: int
     bytes: int
     first_id: int

@@ -167,6 +167,8 @@ class Backoff:
 
 @dataclass(eq=False)
 class _Pending:
+    """A publish handed to paho and waiting for its PUBACK (or its loss)."""
+
     future: asyncio.Future[PublishResult]
     topic: str
     qos: int

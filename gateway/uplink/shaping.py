@@ -56,6 +56,8 @@ class TokenBucket:
 
 @dataclass(frozen=True, slots=True)
 class ShaperStats:
+    """The publish shaper's allowed rate and throttling counters."""
+
     #: Publishes per second allowed now (the configured limit, or less after throttling).
     allowed_rate: float
     #: Throttling answers (PUBACK or DISCONNECT 0x97/0x80/0x83) seen.
