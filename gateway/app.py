@@ -26,7 +26,6 @@ from gateway.pipeline.clock import ClockCheck
 from gateway.pipeline.pump import PumpCounters, pump_forever
 from gateway.pipeline.queue import ReadingQueue, SetAside, route_forever, route_pending
 from gateway.pipeline.router import Router
-from gateway.service.snapshot import uplink_status
 from gateway.store import Store, make_store
 from gateway.store.memory import MemoryStore
 
@@ -448,6 +447,9 @@ class Gateway:
             f"on disk {store.disk_messages} ({store.disk_bytes / 1e6:.1f} MB)"
             + (" MEMORY ONLY" if store.degraded else ""),
         ]
+        # The status file's module: loaded by the first stats line, once running (not on the way to CONNACK).
+        from gateway.service.snapshot import uplink_status
+
         uplink = uplink_status(self.sink)
         if uplink.kind == "mqtt":
             state = "connected" if uplink.connected else "disconnected"
