@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import multiprocessing
@@ -36,10 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -173,6 +174,24 @@ def _rss(pid: int) -> float:
     return 0.0
 
 
+@contextlib.contextmanager
+def started(command: Sequence[str], tree: Path) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
+    """``command`` running in ``tree`` with bytecode, its stderr piped; terminated (or killed) after."""
+    proc = subprocess.Popen(
+        command, cwd=tree, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    try:
+        yield proc, proc.stderr
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 # -- fieldgate -------------------------------------------------------------------------------------
 def gateway_config(
     ports: Sequence[int],
@@ -252,20 +271,11 @@ def run_gateway(
         config.write_text(
             gateway_config(ports, interval, Path(tmp), broker, store=store, telemetry=telemetry)
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            cwd=tree,
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stderr is not None
-        try:
+        with started([sys.executable, "-m", "gateway.cli", "run", "-c", str(config)], tree) as (proc, stderr):
             connected = False
             samples: list[tuple[float, int, int, float]] = []
             warm_until = None
-            for line in proc.stderr:
+            for line in stderr:
                 now = time.perf_counter()
                 if not connected and "uplink connected to" in line:
                     connected = True
@@ -280,13 +290,6 @@ def run_gateway(
             if not connected or len(samples) < 2:
                 raise RuntimeError(f"fieldgate did not run (exit {proc.poll()})")
             rss = _rss(proc.pid)
-        finally:
-            proc.terminate()
-            try:
-                proc.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
     (ta, ra, da, ca), (tb, rb, db, cb) = samples[0], samples[-1]
     readings = rb - ra
     return GatewayRun(
@@ -322,22 +325,11 @@ asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
 def time_to_connack(command: Sequence[str], marker: str, tree: Path = ROOT) -> tuple[float, float]:
     """Start ``command``; wall seconds until it logs ``marker`` (its CONNACK) and its CPU seconds then."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        command, cwd=tree, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stderr is not None
-    try:
-        for line in proc.stderr:
+    with started(command, tree) as (proc, stderr):
+        for line in stderr:
             if marker in line:
                 return time.perf_counter() - t0, _cpu(proc.pid)
         raise RuntimeError(f"{command[:3]} exited ({proc.wait()}) before CONNACK")
-    finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
 
 
 def start_table(ports: Sequence[int], broker: Any, starts: int, baseline_tree: Path | None) -> None:
@@ -437,20 +429,20 @@ def shape_traffic(shape: Shape, telemetry: dict[str, object], seconds: int = 10)
     queue = ReadingQueue(100_000)
     sent: list[Any] = []
 
-    class Collect(MemoryStore):  # type: ignore[misc]
+    class Collect(MemoryStore):
         def append(self, message: Any) -> None:
             sent.append(message)
 
-    store = Collect(config.store)
+    store = Collect(config.store.max_messages)
     t = 1_764_400_000.0
     for second in range(seconds):
         for d, (device, points) in enumerate(shape):
             ts = t + second + d * 0.001
-            readings = [
+            cycle = [
                 Reading(device, point, round(200.0 + 17.3 * i + second * 0.1, 1), unit, ts)
                 for i, (point, unit) in enumerate(points)
             ]
-            queue.put(readings)
+            queue.put(cycle)
         # route_pending ends with the router's flush: one gateway batch per second, as its interval says
         route_pending(queue, router, store, SetAside())
     readings = sum(len(points) for _, points in shape) * seconds
