@@ -97,6 +97,19 @@ async def load_pymodbus() -> None:
     await asyncio.shield(task)
 
 
+def raise_swallowed_cancellation() -> None:
+    """Raise the cancellation of the current task if something below swallowed it.
+
+    pymodbus awaits connects and answers with ``asyncio.wait_for``, which on Python 3.11 returns the
+    result instead of raising when the cancellation and the result arrive in the same loop iteration
+    (CPython gh-86296, fixed in 3.12). The task stays marked as cancelling but runs on: a bus owner or a
+    poller would serve forever, and a stopping gateway would wait for it forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _lib() -> _Pymodbus:
     assert _import.lib is not None, "load_pymodbus() first"
     return _import.lib
@@ -228,6 +241,12 @@ class Channel:
 
     async def transact(self, device: str, unit: int, op: Op, reply_timeout: float) -> Result:
         """Run one request; map every failure to a ``DriverError`` naming device, unit, function, range."""
+        try:
+            return await self._transact(device, unit, op, reply_timeout)
+        finally:
+            raise_swallowed_cancellation()
+
+    async def _transact(self, device: str, unit: int, op: Op, reply_timeout: float) -> Result:
         await self._ensure_connected(device)
         client = self._client
         assert client is not None
