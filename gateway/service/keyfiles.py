@@ -63,23 +63,13 @@ def _walk(value: object, found: dict[Path, None], *, secret_owner: bool, depth: 
             _walk(item, found, secret_owner=secret_owner, depth=depth + 1)
 
 
-#: Field annotations that cannot hold a path or a secret: a config's points (thousands of objects) are
-#: mostly such fields, and the walk runs on the way to the first CONNACK.
-_SCALARS = frozenset(
-    {"int", "float", "bool", "str", "bytes", "int | None", "float | None", "bool | None", "str | None"}
-)
-
-
 @functools.cache
 def _fields_to_walk(cls: type) -> tuple[tuple[str, bool], ...]:
-    """The fields of dataclass ``cls`` worth walking, each with whether it holds nothing but secrets."""
+    """The fields of dataclass ``cls``, each with whether it holds nothing but secrets."""
     # A token source's config (e.g. ``FileTokenConfig.path``) holds nothing but secrets and their knobs.
     token_source = "token" in cls.__name__.lower()
-    return tuple(
-        (f.name, token_source or bool(_SECRET_FIELD.search(f.name)))
-        for f in dataclasses.fields(cls)
-        if (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")) not in _SCALARS
-    )
+    fields = dataclasses.fields(cls)
+    return tuple((f.name, token_source or bool(_SECRET_FIELD.search(f.name))) for f in fields)
 
 
 def exposure(path: Path, *, groups: set[int] | None = None) -> str | None:
