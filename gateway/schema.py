@@ -25,6 +25,7 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 #: The rule for every name a user gives (gateway id, site, devices, points, buses, commands, ...).
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 NAME_WHY = "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+_NAME = re.compile(NAME_PATTERN)
 
 
 def key_path(parent: str, key: str | int) -> str:
@@ -373,7 +374,7 @@ class Table:
             if not isinstance(value, Mapping):
                 self.problems.add(path, f"expected a table (one per {what}, keyed by its name)", value)
                 continue
-            if re.fullmatch(NAME_PATTERN, name) is None:
+            if _NAME.fullmatch(name) is None:
                 self.problems.add(path, NAME_WHY, name)
             entry = Table(value, path, self.problems)
             if "name" in value:
