@@ -14,10 +14,11 @@ import dataclasses
 import logging
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+import tomli
 
 from drivers.serial import plugin
 from drivers.serial.config import Device, LineFraming, Port, RawFraming
@@ -110,11 +111,11 @@ def load_device(path: Path, name: str, err: TextIO) -> Device | None:
     """The one device ``name`` of a gateway config file, or None (problems printed to ``err``)."""
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            data = tomli.load(f)
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror}", file=err)
         return None
-    except tomllib.TOMLDecodeError as exc:
+    except tomli.TOMLDecodeError as exc:
         print(f"{path}: not valid TOML: {exc}", file=err)
         return None
     problems = Problems(str(path))

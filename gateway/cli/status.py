@@ -6,8 +6,9 @@ import argparse
 import os
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+import tomli
 
 from gateway.config.model import DEFAULT_STATE_DIR
 from gateway.errors import ExitCode
@@ -21,8 +22,8 @@ def _state_dir(args: argparse.Namespace) -> Path | None:
         # service uses to be importable here.
         source = Path(args.config)
         try:
-            data = tomllib.loads(source.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            data = tomli.loads(source.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomli.TOMLDecodeError) as exc:
             print(f"fieldgate status: cannot read {source}: {exc}", file=sys.stderr)
             return None
         gateway = data.get("gateway")

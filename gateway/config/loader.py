@@ -6,10 +6,11 @@ Every problem is collected (file, key path, value, why) and raised together as o
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+
+import tomli
 
 from gateway.config.commands import parse_commands
 from gateway.config.limits import topic_problem
@@ -50,9 +51,9 @@ def load_config(path: str | Path, *, offline: bool = False) -> Config:
 
 def parse_config(text: str, source: Path, *, offline: bool = False) -> Config:
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib's message names the line and column, e.g. duplicate tables or keys.
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        # tomli's message names the line and column, e.g. duplicate tables or keys.
         raise ConfigError([f"{source}: invalid TOML: {exc}"]) from exc
     problems = Problems(str(source), base_dir=source.resolve().parent, offline=offline)
     root = Table(data, "", problems)
