@@ -259,8 +259,9 @@ def _parse_range(text: str) -> AddressRange | str:
 class _PointDraft(NamedTuple):
     """A parsed point before its device's interval and report period are applied.
 
-    A tuple, not a frozen dataclass: a written-out register map has one per point of the file, and a
-    frozen dataclass of this size costs several times more to build (a start with 1,000 points felt it)."""
+    A tuple, not a frozen dataclass: there is one per point written in the file (thousands in a large
+    config, all built before the uplink connects), and a frozen dataclass of this size costs several times
+    more to build; the device's ``Point`` is built from it once."""
 
     name: str
     table: RegisterTable
