@@ -499,9 +499,28 @@ def _read_point(name: str, t: Table, default_order: Order) -> _PointDraft | None
         t.problem("address", f"the value's {count} registers run past address 65535", raw_address)
         return None
     return _PointDraft(
-        name, table, address, dtype, order, length, bit, scale, offset, unit, on_change, deadband, writable,
-        minimum, maximum, tuple(allowed), count, t.where, interval, group, report_period,
-    )  # fmt: skip
+        name=name,
+        table=table,
+        address=address,
+        dtype=dtype,
+        order=order,
+        length=length,
+        bit=bit,
+        scale=scale,
+        offset=offset,
+        unit=unit,
+        on_change=on_change,
+        deadband=deadband,
+        writable=writable,
+        minimum=minimum,
+        maximum=maximum,
+        allowed=tuple(allowed),
+        span=count,
+        path=t.where,
+        interval=interval,
+        group=group,
+        report_period=report_period,
+    )
 
 
 def _resolve_map(
