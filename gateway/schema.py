@@ -28,6 +28,11 @@ NAME_WHY = "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or
 _NAME = re.compile(NAME_PATTERN)
 
 
+def valid_name(name: str) -> bool:
+    """Whether ``name`` follows :data:`NAME_PATTERN`."""
+    return _NAME.fullmatch(name) is not None
+
+
 def key_path(parent: str, key: str | int) -> str:
     """Join a key to a dotted TOML path, quoting keys that are not bare and indexing arrays."""
     if isinstance(key, int):
@@ -374,7 +379,7 @@ class Table:
             if not isinstance(value, Mapping):
                 self.problems.add(path, f"expected a table (one per {what}, keyed by its name)", value)
                 continue
-            if _NAME.fullmatch(name) is None:
+            if not valid_name(name):
                 self.problems.add(path, NAME_WHY, name)
             entry = Table(value, path, self.problems)
             if "name" in value:

@@ -77,6 +77,11 @@ class AddressRange:
         return table is self.table and start <= self.end and end >= self.start
 
 
+def point_span(table: RegisterTable, dtype: DataType, length: int) -> int:
+    """Registers (or bits) a value of ``dtype`` occupies in ``table`` (``length``: a string's bytes)."""
+    return 1 if table.is_bits else register_count(dtype, length)
+
+
 @dataclass(frozen=True, slots=True)
 class Point:
     """One configured value of a device's register map."""
@@ -107,9 +112,7 @@ class Point:
     @property
     def count(self) -> int:
         """Registers (or bits) the point occupies."""
-        if self.table.is_bits:
-            return 1
-        return register_count(self.dtype, self.length)
+        return point_span(self.table, self.dtype, self.length)
 
     @property
     def end(self) -> int:
@@ -279,7 +282,7 @@ class _PointDraft(NamedTuple):
     minimum: float | None
     maximum: float | None
     allowed: tuple[Value, ...]
-    #: Registers (or bits) the point occupies (Point.count, worked out once).
+    #: Registers (or bits) the point occupies (``point_span``, worked out once).
     span: int
     path: str
     interval: float | None
@@ -494,7 +497,7 @@ def _read_point(name: str, t: Table, default_order: Order) -> _PointDraft | None
     t.finish()
     if not ok:
         return None
-    count = 1 if bits else register_count(dtype, length)
+    count = point_span(table, dtype, length)
     if address + count - 1 > 65535:
         t.problem("address", f"the value's {count} registers run past address 65535", raw_address)
         return None

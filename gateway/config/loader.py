@@ -5,7 +5,6 @@ Every problem is collected (file, key path, value, why) and raised together as o
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from gateway.config.uplink import UplinkConfig, parse_uplink
 from gateway.errors import ConfigError
 from gateway.mqtt_topics import TemplateError, TopicTemplate, compile_template
 from gateway.registry import available_drivers, is_installed, load_driver
-from gateway.schema import NAME_PATTERN, NAME_WHY, Problems, Table, default_of
+from gateway.schema import NAME_PATTERN, NAME_WHY, Problems, Table, default_of, valid_name
 
 DEFAULT_TOPIC = "sites/{site}/{gateway}/{device}/telemetry"
 DEFAULT_GATEWAY_TOPIC = "sites/{site}/{gateway}/telemetry"
@@ -221,7 +220,7 @@ def _devices(
     by_driver: dict[str, list[tuple[str, Table]]] = {}
     overrides: dict[str, tuple[TopicTemplate, bool]] = {}
     for name, table in root.named_tables("devices"):
-        if not _valid_name(name):
+        if not valid_name(name):
             root.problems.add(table.where, NAME_WHY, name)
         driver = table.string("driver")
         if driver and not installed(driver):
@@ -281,7 +280,3 @@ def _check_topic_limits(
                     key, f"{why} (device {device.name}{', point ' + point if point else ''})", topic
                 )
                 break
-
-
-def _valid_name(name: str) -> bool:
-    return re.fullmatch(NAME_PATTERN, name) is not None
